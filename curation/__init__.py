@@ -1,0 +1,104 @@
+"""Data curation for self-supervised pretraining, after DINOv2's LVD-142M pipeline.
+
+The functions work on numpy arrays: embeddings go in and row indices come out. Call
+``datasets.Dataset.select(indices)`` on a dataset with no index attached.
+
+* :mod:`curation.index`: FAISS wrapper for cosine k-NN (Flat / IVF / HNSW, chosen
+  automatically by size, GPU optional).
+* :mod:`curation.dedup`: k-NN graph, self-dedup and decontamination against
+  evaluation sets (DINOv2 App. A.3).
+* :mod:`curation.retrieval`: sample-based and cluster-based retrieval of pool
+  images near seed datasets (DINOv2 App. A.4).
+* :mod:`curation.kmeans`: hierarchical k-means with resampling (Vo et al. 2024).
+* :mod:`curation.sampling`: balanced top-down hierarchical sampling and
+  cluster-balance statistics.
+
+Every step that drops items returns a :class:`RemovalRecord` giving the reason,
+the matched item and the similarity for each dropped item.
+"""
+
+from .dedup import (
+    DECONTAMINATION_THRESHOLD,
+    SELF_DEDUP_THRESHOLD,
+    DecontaminationResult,
+    DedupResult,
+    KnnGraph,
+    RemovalRecord,
+    check_partition,
+    concat_removals,
+    decontaminate,
+    deduplicate,
+    knn_graph,
+    threshold_components,
+)
+from .index import (
+    EmbeddingIndex,
+    SearchResult,
+    build_index,
+    default_ivf_params,
+    l2_normalize,
+    resolve_index_type,
+)
+from .kmeans import (
+    HierarchicalKMeansResult,
+    KMeansLevel,
+    KMeansResult,
+    assign_to_centroids,
+    hierarchical_kmeans,
+    kmeans,
+)
+from .retrieval import (
+    ClusterRetrievalResult,
+    SampleRetrievalResult,
+    cluster_based_retrieval,
+    sample_based_retrieval,
+)
+from .sampling import (
+    BalanceStats,
+    SamplingResult,
+    cluster_balance_stats,
+    gini,
+    hierarchical_sampling,
+    normalized_entropy,
+    size_entropy,
+    water_fill,
+)
+
+__all__ = [
+    "BalanceStats",
+    "ClusterRetrievalResult",
+    "DECONTAMINATION_THRESHOLD",
+    "DecontaminationResult",
+    "DedupResult",
+    "EmbeddingIndex",
+    "HierarchicalKMeansResult",
+    "KMeansLevel",
+    "KMeansResult",
+    "KnnGraph",
+    "RemovalRecord",
+    "SELF_DEDUP_THRESHOLD",
+    "SampleRetrievalResult",
+    "SamplingResult",
+    "SearchResult",
+    "assign_to_centroids",
+    "build_index",
+    "check_partition",
+    "cluster_balance_stats",
+    "cluster_based_retrieval",
+    "concat_removals",
+    "decontaminate",
+    "deduplicate",
+    "default_ivf_params",
+    "gini",
+    "hierarchical_kmeans",
+    "hierarchical_sampling",
+    "kmeans",
+    "knn_graph",
+    "l2_normalize",
+    "normalized_entropy",
+    "resolve_index_type",
+    "sample_based_retrieval",
+    "size_entropy",
+    "threshold_components",
+    "water_fill",
+]

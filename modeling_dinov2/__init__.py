@@ -1,0 +1,34 @@
+"""DINOv2 vision transformers as first-class transformers models.
+
+Importing the package registers `Dinov2Config` and the models with `AutoConfig`, `AutoModel` and
+`AutoModelForImageClassification` (model type ``dinov2_ssl``).
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from .configuration_dinov2 import MODEL_TYPE, PRESETS, Dinov2Config
+from .model_card import build_model_card, make_image_processor, write_model_card
+from .modeling_dinov2 import (
+    Dinov2ForImageClassification,
+    Dinov2Model,
+    Dinov2ModelOutput,
+    Dinov2PreTrainedModel,
+    interpolate_position_embeddings,
+)
+
+AutoConfig.register(MODEL_TYPE, Dinov2Config, exist_ok=True)
+AutoModel.register(Dinov2Config, Dinov2Model, exist_ok=True)
+AutoModelForImageClassification.register(Dinov2Config, Dinov2ForImageClassification, exist_ok=True)
+
+__all__ = [
+    "PRESETS",
+    "Dinov2Config",
+    "Dinov2ForImageClassification",
+    "Dinov2Model",
+    "Dinov2ModelOutput",
+    "Dinov2PreTrainedModel",
+    "build_model_card",
+    "interpolate_position_embeddings",
+    "make_image_processor",
+    "write_model_card",
+]

@@ -1,0 +1,126 @@
+"""Files written beside the weights: DINOv2's evaluation preprocessing and a model card."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+# DINOv2's evaluation transform (eval/knn.py, eval/linear.py): resize the shorter side to 256 (bicubic),
+# centre-crop 224, ImageNet mean/std. Written out in full: BitImageProcessor's own defaults differ.
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+EVAL_RESIZE = 256
+EVAL_CROP = 224
+
+CARD_TAGS = ["dinov2", "vision", "self-supervised-learning", "image-feature-extraction", "modeling_dinov2"]
+
+
+def make_image_processor():
+    """A `BitImageProcessor` equal to DINOv2's evaluation transform."""
+    from transformers import BitImageProcessor
+
+    return BitImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": EVAL_RESIZE},
+        resample=3,  # PIL.Image.BICUBIC
+        do_center_crop=True,
+        crop_size={"height": EVAL_CROP, "width": EVAL_CROP},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+        do_convert_rgb=True,
+    )
+
+
+def write_preprocessor_config(directory: str | os.PathLike, overwrite: bool = False) -> None:
+    """Write `preprocessor_config.json` (for `AutoImageProcessor`) unless one is already there."""
+    if overwrite or not os.path.exists(os.path.join(directory, "preprocessor_config.json")):
+        make_image_processor().save_pretrained(directory)
+
+
+def _architecture_name(config) -> str:
+    sizes = {384: "ViT-S", 768: "ViT-B", 1024: "ViT-L", 1536: "ViT-g"}
+    name = f"{sizes.get(config.hidden_size, f'ViT-{config.hidden_size}d')}/{config.patch_size}"
+    if config.num_register_tokens:
+        name += f" + {config.num_register_tokens} registers"
+    return name
+
+
+def build_model_card(
+    config,
+    repo_id: str | None = None,
+    sections: Mapping[str, str] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    extra_tags: list[str] | None = None,
+) -> str:
+    """Markdown model card with Hub metadata (library `transformers`, pipeline `image-feature-extraction`).
+
+    `sections` adds titled paragraphs (e.g. the training recipe); `metrics` adds a result table.
+    """
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-feature-extraction",
+        license="apache-2.0",
+        tags=CARD_TAGS + list(extra_tags or []),
+    )
+    name = _architecture_name(config)
+    repo = repo_id or "path/to/this/folder"
+    lines = [
+        "---",
+        data.to_yaml(),
+        "---",
+        "",
+        f"# DINOv2 {name}",
+        "",
+        "A DINOv2 vision transformer (Oquab et al., *DINOv2: Learning Robust Visual Features without "
+        "Supervision*, 2023) saved with the `modeling_dinov2` package. Its frozen features serve k-NN and "
+        "linear classification, segmentation, retrieval and depth probes.",
+        "",
+        "## Architecture",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| width / depth / heads | {config.hidden_size} / {config.num_hidden_layers} / {config.num_attention_heads} |",
+        f"| patch size | {config.patch_size} |",
+        f"| position table | {config.image_size // config.patch_size}x{config.image_size // config.patch_size} "
+        f"({config.image_size} px) |",
+        f"| FFN | {config.ffn_type} |",
+        f"| register tokens | {config.num_register_tokens} |",
+        f"| position interpolation | offset {config.interpolate_offset}, antialias {config.interpolate_antialias} |",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from transformers import AutoImageProcessor, AutoModel",
+        "",
+        f'processor = AutoImageProcessor.from_pretrained("{repo}")',
+        f'model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)',
+        'features = model(**processor(images=image, return_tensors="pt"))',
+        "cls_embedding = features.pooler_output      # (batch, hidden)",
+        "patch_embeddings = features.patch_tokens    # (batch, patches, hidden)",
+        "```",
+        "",
+        "With `modeling_dinov2` installed, `trust_remote_code` is not needed; "
+        "`dinov2-convert to-transformers` writes a copy that stock `transformers.Dinov2Model` loads.",
+        "",
+    ]
+    if metrics:
+        lines += ["## Results", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
+                  for key, value in metrics.items()]
+        lines.append("")
+    for title, body in (sections or {}).items():
+        lines += [f"## {title}", "", body.strip(), ""]
+    return "\n".join(lines)
+
+
+def write_model_card(directory: str | os.PathLike, config, overwrite: bool = True, **card_kwargs) -> None:
+    """Write `README.md` into `directory` (kept as is when present and `overwrite=False`)."""
+    path = os.path.join(directory, "README.md")
+    if overwrite or not os.path.exists(path):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(build_model_card(config, **card_kwargs))

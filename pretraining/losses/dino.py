@@ -1,0 +1,141 @@
+"""DINO self-distillation loss on CLS tokens (Caron et al. 2021, Eq. 1-2; DINOv2 paper §4,
+``dinov2/loss/dino_clstoken_loss.py`` and ``SSLMetaArch.forward_backward``).
+
+Student crops are indexed ``0..G-1`` for the global crops and ``G..G+L-1`` for the local crops; the
+teacher only sees the ``G`` global crops. The loss is the mean over all crossed
+``(student crop, teacher crop)`` pairs that are not the same global view:
+``G * (G - 1) + L * G`` pairs, i.e. 18 for 2 global and 8 local crops.
+"""
+
+import torch
+from torch import nn
+
+
+def soft_cross_entropy(
+    teacher_probs: torch.Tensor, student_logits: torch.Tensor, student_temp: float
+) -> torch.Tensor:
+    """``CE(t, s) = -sum_k t_k * log_softmax(s / tau_s)_k`` over the last dimension, in fp32.
+
+    Args:
+        teacher_probs: ``(..., K)`` target probabilities (no gradient needed).
+        student_logits: ``(..., K)`` student logits.
+        student_temp: Student temperature ``tau_s``.
+
+    Returns:
+        ``(...)`` cross-entropy per row.
+    """
+    log_probs = torch.log_softmax(student_logits.float() / student_temp, dim=-1)
+    return -(teacher_probs.float() * log_probs).sum(dim=-1)
+
+
+def dino_crossed_pairs(n_global_crops: int = 2, n_local_crops: int = 8) -> list[tuple[int, int]]:
+    """The ``(student_crop, teacher_crop)`` pairs that enter the DINO loss.
+
+    Every student crop is paired with every teacher (global) crop except the same global view.
+    Student crops ``0..G-1`` are the global crops and ``G..G+L-1`` the local crops.
+    """
+    if n_global_crops < 1 or n_local_crops < 0:
+        raise ValueError(
+            f"Expected n_global_crops >= 1 and n_local_crops >= 0, got {n_global_crops} and {n_local_crops}."
+        )
+    n_student = n_global_crops + n_local_crops
+    return [(s, t) for s in range(n_student) for t in range(n_global_crops) if s != t]
+
+
+def dino_loss(
+    student_global_logits: torch.Tensor,
+    student_local_logits: torch.Tensor | None,
+    teacher_global_probs: torch.Tensor,
+    student_temp: float = 0.1,
+    n_global_crops: int = 2,
+) -> torch.Tensor:
+    """DINO loss: mean of ``CE(t_j, s_i)`` over the crossed pairs of :func:`dino_crossed_pairs`.
+
+    ``CE`` is averaged over the batch, so for 2 global and 8 local crops
+    ``L = (1/18) * [sum_{l=1..8} sum_{j=1,2} CE(t_j, s_l) + CE(t_2, s_1) + CE(t_1, s_2)]``.
+    DINOv2 computes the same value as ``local / 18 + 2 * mean_2B(CE(swapped t, s_global)) / 18``.
+    (With no local crops DINOv2 divides by ``2 + max(0, 1) = 3``; here the mean over the 2 pairs is used.)
+
+    All tensors are crop-major: rows ``[c * B, (c + 1) * B)`` belong to crop ``c``, as produced by
+    the collator.
+
+    Args:
+        student_global_logits: ``(G * B, K)`` student head logits of the global crops.
+        student_local_logits: ``(L * B, K)`` student head logits of the local crops, or ``None``.
+        teacher_global_probs: ``(G * B, K)`` teacher probabilities (after centering or Sinkhorn-Knopp)
+            of the same global crops, in the same (unswapped) order.
+        student_temp: Student temperature ``tau_s`` (0.1).
+        n_global_crops: ``G`` (2).
+
+    Returns:
+        Scalar loss.
+    """
+    if teacher_global_probs.dim() != 2 or teacher_global_probs.shape[0] % n_global_crops != 0:
+        raise ValueError(
+            f"Expected teacher probabilities of shape ({n_global_crops} * B, K), "
+            f"got {tuple(teacher_global_probs.shape)}."
+        )
+    n_teacher_rows, n_prototypes = teacher_global_probs.shape
+    batch_size = n_teacher_rows // n_global_crops
+    if student_global_logits.shape != teacher_global_probs.shape:
+        raise ValueError(
+            f"Expected student global logits of shape {tuple(teacher_global_probs.shape)}, "
+            f"got {tuple(student_global_logits.shape)}."
+        )
+    student = [student_global_logits]
+    n_local_crops = 0
+    if student_local_logits is not None and student_local_logits.shape[0] > 0:
+        if (
+            student_local_logits.dim() != 2
+            or student_local_logits.shape[1] != n_prototypes
+            or student_local_logits.shape[0] % batch_size != 0
+        ):
+            raise ValueError(
+                f"Expected student local logits of shape (L * {batch_size}, {n_prototypes}), "
+                f"got {tuple(student_local_logits.shape)}."
+            )
+        student.append(student_local_logits)
+        n_local_crops = student_local_logits.shape[0] // batch_size
+
+    n_student_crops = n_global_crops + n_local_crops
+    student_logits = torch.cat(student).view(n_student_crops, batch_size, n_prototypes)  # (S*B, K) -> (S, B, K)
+    teacher_probs = teacher_global_probs.view(n_global_crops, batch_size, n_prototypes)  # (G*B, K) -> (G, B, K)
+    log_probs = torch.log_softmax(student_logits.float() / student_temp, dim=-1)
+    # s: student crop, t: teacher crop, b: sample, k: prototype. ce[s, t] = mean_b CE(t_tb, s_sb).
+    ce = -torch.einsum("tbk,sbk->st", teacher_probs.float(), log_probs) / batch_size  # (S, G)
+
+    pairs = torch.ones(n_student_crops, n_global_crops, dtype=torch.bool, device=ce.device)
+    pairs[:n_global_crops].fill_diagonal_(False)  # same global view: no loss term
+    return ce[pairs].mean()
+
+
+class DINOLoss(nn.Module):
+    """Module wrapper around :func:`dino_loss` (stateless; centering lives in ``pretraining.centering``).
+
+    Example:
+        >>> loss_fn = DINOLoss()
+        >>> B, K = 4, 16
+        >>> s_global, s_local = torch.randn(2 * B, K), torch.randn(8 * B, K)
+        >>> t_global = torch.softmax(torch.randn(2 * B, K) / 0.04, dim=-1)
+        >>> loss = loss_fn(s_global, s_local, t_global, student_temp=0.1)
+    """
+
+    def __init__(self, n_global_crops: int = 2):
+        super().__init__()
+        self.n_global_crops = n_global_crops
+
+    def forward(
+        self,
+        student_global_logits: torch.Tensor,
+        student_local_logits: torch.Tensor | None,
+        teacher_global_probs: torch.Tensor,
+        student_temp: float = 0.1,
+    ) -> torch.Tensor:
+        """See :func:`dino_loss`."""
+        return dino_loss(
+            student_global_logits,
+            student_local_logits,
+            teacher_global_probs,
+            student_temp=student_temp,
+            n_global_crops=self.n_global_crops,
+        )

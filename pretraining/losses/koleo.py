@@ -1,0 +1,56 @@
+"""KoLeo regulariser (Sablayrolles et al. 2019, "Spreading vectors for similarity search", §3.3;
+DINOv2 paper §4, ``dinov2/loss/koleo_loss.py``).
+
+``L = -(1/n) * sum_i log(d_i)``, with ``d_i = ||x_i - x_nn(i)||`` the distance between the
+L2-normalised vector ``x_i`` and its nearest neighbour in the batch (itself excluded).
+"""
+
+import torch
+from torch import nn
+
+
+def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo loss of one crop's features; ``x`` is ``(n, D)``, the result a scalar.
+
+    Computed in fp32 with autocast disabled. Differences from DINOv2, all chosen so the loss stays
+    finite (DINOv2 issues #143, #314, #492):
+
+    - ``n < 2``: there is no neighbour; returns 0 (DINOv2 takes the point itself, ``d = 0``).
+    - ``d_i`` is clamped below at ``eps`` instead of computing ``log(||x_i - x_nn + eps|| + eps)``. The
+      value differs by ``O(eps)`` for distinct points; for exact duplicates (or a collapsed batch) the
+      term is ``-log(eps)`` with zero gradient instead of an unbounded one, and in fp16 inputs it can
+      no longer underflow to ``log(0)``.
+    - The diagonal is excluded with ``-inf`` rather than ``-1``, so a point is never its own neighbour
+      (with ``-1`` it can be, when the others are antipodal).
+    """
+    if x.dim() != 2:
+        raise ValueError(f"Expected features of shape (n, D), got {tuple(x.shape)}.")
+    if x.shape[0] < 2:
+        return x.new_zeros((), dtype=torch.float32)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = nn.functional.normalize(x.float(), p=2, dim=-1, eps=eps)
+        with torch.no_grad():
+            dots = x @ x.t()  # (n, D) @ (D, n) -> (n, n) cosine similarities
+            dots.fill_diagonal_(float("-inf"))
+            nearest = dots.argmax(dim=1)  # (n,)
+        distances = torch.linalg.vector_norm(x - x[nearest], dim=-1)  # (n,)
+        return -torch.log(distances.clamp_min(eps)).mean()
+
+
+class KoLeoLoss(nn.Module):
+    """Module wrapper around :func:`koleo_loss`.
+
+    Accepts ``(n, D)`` features or ``(C, n, D)`` features of ``C`` crops; for the latter the per-crop
+    losses are summed, never mixing crops (DINOv2 sums over the two global crops of the student's
+    pre-head ``x_norm_clstoken`` and weights the sum by 0.1).
+    """
+
+    def __init__(self, eps: float = 1e-8):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(n, D)`` or ``(C, n, D)`` features -> scalar loss."""
+        if x.dim() == 3:
+            return torch.stack([koleo_loss(crop, self.eps) for crop in x.unbind(0)]).sum()
+        return koleo_loss(x, self.eps)

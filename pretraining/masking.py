@@ -1,0 +1,193 @@
+"""Block-wise masking for iBOT (BEiT, Bao et al. 2021, Alg. 1; DINOv2 ``dinov2/data/masking.py`` and
+``collate_data_and_cast`` in ``dinov2/data/collate.py``).
+
+Randomness comes only from an explicit ``torch.Generator``: no Python ``random``, no NumPy, no global
+torch RNG. The same generator state therefore always gives the same masks.
+"""
+
+import math
+from typing import NamedTuple
+
+import torch
+
+
+def _uniform(low: float, high: float, generator: torch.Generator) -> float:
+    """``U(low, high)`` like ``random.uniform`` (``high < low`` is allowed)."""
+    return low + (high - low) * torch.rand((), generator=generator).item()
+
+
+def _randint(low: int, high: int, generator: torch.Generator) -> int:
+    """Integer in ``[low, high]`` inclusive, like ``random.randint``."""
+    return int(torch.randint(low, high + 1, (), generator=generator).item())
+
+
+class BlockMaskGenerator:
+    """Draws a boolean ``(H, W)`` patch mask made of random rectangular blocks.
+
+    To mask ``num_masking_patches`` patches, rectangles are placed one after another. Each placement
+    makes up to ``max_attempts`` tries with
+
+    - area ``~ U(min_num_patches, min(remaining, max_num_patches))``,
+    - aspect ratio ``r = exp(U(log min_aspect, log max_aspect))``,
+    - ``h = round(sqrt(area * r))``, ``w = round(sqrt(area / r))``, required ``h < H`` and ``w < W``,
+    - a uniform top-left corner,
+
+    and is accepted when it masks between 1 and ``min(remaining, max_num_patches)`` new patches.
+    Generation stops when the target is reached or a placement fails, so the mask can fall short of
+    the target but never exceeds it.
+
+    Args:
+        grid_size: Patch grid ``(H, W)`` or a single int for a square grid (224 / 14 = 16).
+        min_num_patches: Smallest block area (4).
+        max_num_patches: Largest block area; defaults to ``0.5 * H * W`` as in DINOv2's ``train.py``.
+        min_aspect: Smallest aspect ratio (0.3).
+        max_aspect: Largest aspect ratio; defaults to ``1 / min_aspect``.
+        max_attempts: Tries per block placement (10).
+    """
+
+    def __init__(
+        self,
+        grid_size: int | tuple[int, int],
+        min_num_patches: int = 4,
+        max_num_patches: int | None = None,
+        min_aspect: float = 0.3,
+        max_aspect: float | None = None,
+        max_attempts: int = 10,
+    ):
+        if isinstance(grid_size, int):
+            grid_size = (grid_size, grid_size)
+        if len(grid_size) != 2 or min(grid_size) < 1:
+            raise ValueError(f"`grid_size` must be a positive int or (H, W), got {grid_size}.")
+        if min_aspect <= 0:
+            raise ValueError(f"`min_aspect` must be > 0, got {min_aspect}.")
+        if max_attempts < 1:
+            raise ValueError(f"`max_attempts` must be >= 1, got {max_attempts}.")
+        self.height, self.width = int(grid_size[0]), int(grid_size[1])
+        self.num_patches = self.height * self.width
+        self.min_num_patches = min_num_patches
+        self.max_num_patches = int(0.5 * self.num_patches) if max_num_patches is None else max_num_patches
+        max_aspect = 1.0 / min_aspect if max_aspect is None else max_aspect
+        self.log_aspect_ratio = (math.log(min_aspect), math.log(max_aspect))
+        self.max_attempts = max_attempts
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(grid=({self.height}, {self.width}), "
+            f"block_area=[{self.min_num_patches}, {self.max_num_patches}], "
+            f"log_aspect=({self.log_aspect_ratio[0]:.3f}, {self.log_aspect_ratio[1]:.3f}))"
+        )
+
+    def add_block(self, mask: torch.Tensor, max_new_patches: int, generator: torch.Generator) -> int:
+        """Try to add one rectangle to ``mask`` (in place); return the number of newly masked patches.
+
+        Returns 0 when all ``max_attempts`` tries fail.
+        """
+        for _ in range(self.max_attempts):
+            area = _uniform(self.min_num_patches, max_new_patches, generator)
+            aspect = math.exp(_uniform(*self.log_aspect_ratio, generator))
+            h = int(round(math.sqrt(area * aspect)))
+            w = int(round(math.sqrt(area / aspect)))
+            if w < self.width and h < self.height:
+                top = _randint(0, self.height - h, generator)
+                left = _randint(0, self.width - w, generator)
+                block = mask[top : top + h, left : left + w]
+                n_new = h * w - int(block.sum())
+                if 0 < n_new <= max_new_patches:
+                    block.fill_(True)
+                    return n_new
+        return 0
+
+    def __call__(self, num_masking_patches: int, generator: torch.Generator) -> torch.Tensor:
+        """Return a bool mask of shape ``(H, W)`` with at most ``num_masking_patches`` True entries."""
+        if not 0 <= num_masking_patches <= self.num_patches:
+            raise ValueError(
+                f"`num_masking_patches` must be in [0, {self.num_patches}], got {num_masking_patches}."
+            )
+        mask = torch.zeros(self.height, self.width, dtype=torch.bool)
+        count = 0
+        while count < num_masking_patches:
+            max_new = min(num_masking_patches - count, self.max_num_patches)
+            n_new = self.add_block(mask, max_new, generator)
+            if n_new == 0:
+                break
+            count += n_new
+        return mask
+
+
+class MaskBatch(NamedTuple):
+    """Masks for the ``2B`` global crops of a batch (crop-major order), as built by DINOv2's collator.
+
+    Attributes:
+        masks: ``(n_images, N)`` bool, True where the patch is masked.
+        mask_indices: ``(M,)`` long, ``masks.flatten().nonzero()``: indices into ``n_images * N``.
+        mask_weights: ``(M,)`` float, ``1 / |M_i|`` for each masked patch of image ``i``; sums to the
+            number of images with a non-empty mask.
+        n_masked_patches: ``(1,)`` long, ``M`` (a tensor so it can be all-reduced).
+        upperbound: ``sum_i int(N * probs[i + 1])``, an upper bound on ``M`` that depends only on the
+            batch size, used to size static buffers.
+    """
+
+    masks: torch.Tensor
+    mask_indices: torch.Tensor
+    mask_weights: torch.Tensor
+    n_masked_patches: torch.Tensor
+    upperbound: int
+
+
+def sample_masks(
+    n_images: int,
+    mask_generator: BlockMaskGenerator,
+    generator: torch.Generator,
+    mask_ratio_min_max: tuple[float, float] = (0.1, 0.5),
+    mask_probability: float = 0.5,
+) -> MaskBatch:
+    """Stratified mask ratios over a batch of global crops (DINOv2 ``collate_data_and_cast``).
+
+    ``n_masked = int(n_images * mask_probability)`` images are masked. With
+    ``probs = linspace(r_min, r_max, n_masked + 1)``, masked image ``i`` gets a target of
+    ``int(N * U(probs[i], probs[i + 1]))`` patches, so the ratios are spread evenly over
+    ``[r_min, r_max]``. The other images get empty masks, and the list is shuffled (the two global
+    crops of one image are masked independently).
+
+    Args:
+        n_images: Number of global crops in the batch (``2B``).
+        mask_generator: Block mask generator for the patch grid.
+        generator: Source of all randomness.
+        mask_ratio_min_max: Range of mask ratios (0.1, 0.5).
+        mask_probability: Fraction of images that get a mask (0.5).
+
+    Returns:
+        A :class:`MaskBatch`.
+    """
+    r_min, r_max = mask_ratio_min_max
+    if not 0.0 <= r_min <= r_max <= 1.0:
+        raise ValueError(f"`mask_ratio_min_max` must satisfy 0 <= min <= max <= 1, got {mask_ratio_min_max}.")
+    if not 0.0 <= mask_probability <= 1.0:
+        raise ValueError(f"`mask_probability` must be in [0, 1], got {mask_probability}.")
+    if n_images < 0:
+        raise ValueError(f"`n_images` must be >= 0, got {n_images}.")
+
+    n_tokens = mask_generator.num_patches
+    n_masked = int(n_images * mask_probability)
+    # float32 like the original `torch.linspace`, so `int(N * p)` truncates identically.
+    probs = torch.linspace(r_min, r_max, n_masked + 1)
+    mask_list = []
+    upperbound = 0
+    for i in range(n_masked):
+        low, high = probs[i], probs[i + 1]
+        ratio = low + (high - low) * torch.rand((), generator=generator)
+        mask_list.append(mask_generator(int(n_tokens * ratio), generator))
+        upperbound += int(n_tokens * high)
+    for _ in range(n_masked, n_images):
+        mask_list.append(torch.zeros(mask_generator.height, mask_generator.width, dtype=torch.bool))
+
+    order = torch.randperm(n_images, generator=generator).tolist()
+    if n_images > 0:
+        masks = torch.stack([mask_list[j] for j in order]).flatten(1)  # (n_images, H, W) -> (n_images, N)
+    else:
+        masks = torch.zeros(0, n_tokens, dtype=torch.bool)
+    mask_indices = masks.flatten().nonzero().flatten()  # (n_images * N,) -> (M,)
+    per_image = 1.0 / masks.sum(-1).clamp(min=1).float()  # (n_images,); clamp only guards empty masks
+    mask_weights = per_image.unsqueeze(-1).expand_as(masks)[masks]  # (n_images, N) -> (M,)
+    n_masked_patches = torch.full((1,), mask_indices.numel(), dtype=torch.long)
+    return MaskBatch(masks, mask_indices, mask_weights, n_masked_patches, upperbound)

@@ -1,0 +1,45 @@
+"""Packaging for modeling_dinov2: DINOv2 models, pretraining, curation and examples for transformers."""
+
+from setuptools import find_packages, setup
+
+RUNTIME = [
+    # torch is installed first by scripts/setup_env.sh from the local wheel cache (torch==2.14.1,
+    # torchvision==0.29.1); a bare `pip install torch` could pull a multi-GB CUDA build.
+    "torch>=2.4",
+    "torchvision>=0.19",
+    "transformers>=5.20,<6",
+    "datasets>=4.0",
+    "accelerate>=1.10",
+    "safetensors>=0.4",
+    "huggingface_hub>=1.0",
+    "faiss-cpu>=1.8",
+    "evaluate>=0.4",
+    "numpy",
+    "scipy",
+    "pillow",
+    "tqdm",
+    "matplotlib",
+    "scikit-image",  # bundled real photos for the demo, examples and tests
+]
+
+DEV = ["pytest>=8", "pytest-timeout", "scikit-learn", "timm"]
+
+setup(
+    name="modeling_dinov2",
+    version="0.1.0",
+    description="DINOv2 self-supervised vision transformers for the Hugging Face ecosystem: "
+    "model, pretraining, data curation and evaluation.",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["modeling_dinov2*", "pretraining*", "curation*", "examples*"]),
+    install_requires=RUNTIME,
+    extras_require={"dev": DEV},
+    entry_points={
+        "console_scripts": [
+            "dinov2-convert=modeling_dinov2.convert:main",
+            "dinov2-features=modeling_dinov2.demo:main",
+        ]
+    },
+)

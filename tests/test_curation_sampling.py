@@ -1,0 +1,126 @@
+"""Tests for curation.sampling: statistics against hand-computed values, water-filling, balanced sampling.
+
+Hand values:
+  sizes [1, 3]:   p = (1/4, 3/4), H = -(0.25 ln 0.25 + 0.75 ln 0.75) = 0.562335 nats,
+                  H / ln 2 = 0.811278, Gini = ((2*1-3)*1 + (2*2-3)*3) / (2*4) = 0.25,
+                  imbalance = 2 * (1 + 9) / 16 = 1.25.
+  sizes [4, 0, 0, 0]: H = 0, Gini = ((2*4-5)*4) / (4*4) = 0.75 = (k-1)/k.
+  sizes [2, 2, 2, 2]: H = ln 4, normalised 1, Gini 0, imbalance 1.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+
+from curation.kmeans import hierarchical_kmeans  # noqa: E402
+from curation.sampling import (  # noqa: E402
+    REASON_NOT_SAMPLED,
+    cluster_balance_stats,
+    gini,
+    hierarchical_sampling,
+    normalized_entropy,
+    size_entropy,
+    water_fill,
+)
+
+
+def test_entropy_and_gini_against_hand_values():
+    assert size_entropy([1, 3]) == pytest.approx(0.562335, abs=1e-6)
+    assert normalized_entropy([1, 3]) == pytest.approx(0.811278, abs=1e-6)
+    assert gini([1, 3]) == pytest.approx(0.25)
+    assert gini([3, 1]) == pytest.approx(0.25)  # order does not matter
+    assert size_entropy([4, 0, 0, 0]) == 0.0
+    assert gini([4, 0, 0, 0]) == pytest.approx(0.75)
+    assert size_entropy([2, 2, 2, 2]) == pytest.approx(math.log(4))
+    assert normalized_entropy([2, 2, 2, 2]) == pytest.approx(1.0)
+    assert gini([2, 2, 2, 2]) == 0.0
+    s = cluster_balance_stats([1, 3])
+    assert (s.n_clusters, s.n_items, s.largest, s.smallest) == (2, 4, 3, 1)
+    assert s.imbalance_factor == pytest.approx(1.25)
+    assert cluster_balance_stats([2, 2, 2, 2]).imbalance_factor == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        gini([1, -1])
+    with pytest.raises(ValueError, match="1-D"):
+        size_entropy(np.ones((2, 2)))
+
+
+def test_water_fill_exact_and_capped():
+    # Cap c = 3: min(c, .) = [3, 2, 3] sums to 8; one more unit goes to bin 0 or bin 2.
+    counts = water_fill(np.array([10, 2, 5]), 9, rng=np.random.default_rng(0))
+    assert counts.sum() == 9 and counts[1] == 2
+    assert sorted(counts[[0, 2]].tolist()) == [3, 4]
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        cap = rng.integers(0, 40, size=rng.integers(1, 30))
+        target = int(rng.integers(0, cap.sum() + 1))
+        got = water_fill(cap, target, rng=rng)
+        assert got.sum() == target and (got <= cap).all() and (got >= 0).all()
+        open_bins = got < cap
+        if open_bins.any():  # bins below capacity differ by at most one, and hold at least every full bin
+            assert got[open_bins].max() - got[open_bins].min() <= 1
+            assert (got[~open_bins] <= got[open_bins].max()).all()
+    with pytest.raises(ValueError, match="target must be in \\[0, sum\\(capacities\\)=17\\]; received 18"):
+        water_fill(np.array([10, 2, 5]), 18)
+
+
+def _zipf_mixture(n=20_000, d=16, n_comp=20, seed=0):
+    """Components with Zipf(1) weights: the largest holds ~28% of the data, the smallest ~1.4%."""
+    rng = np.random.default_rng(seed)
+    w = 1.0 / np.arange(1, n_comp + 1)
+    w /= w.sum()
+    lab = rng.choice(n_comp, n, p=w)
+    means = 20.0 * rng.standard_normal((n_comp, d)) / np.sqrt(d)
+    return (means[lab] + rng.standard_normal((n, d))).astype(np.float32), lab
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    x, lab = _zipf_mixture()
+    clustering = hierarchical_kmeans(x, [200, 40], n_resampling_steps=[0, 5], progress=False, seed=0)
+    return x, lab, clustering
+
+
+def test_balanced_sampling_raises_component_entropy(clustered):
+    x, lab, clustering = clustered
+    target = 2_000
+    res = hierarchical_sampling(clustering, target, strategy="r", seed=0, progress=False)
+    assert res.indices.size == target and np.unique(res.indices).size == target
+    random_pick = np.random.default_rng(0).choice(x.shape[0], target, replace=False)
+    h_pool = normalized_entropy(np.bincount(lab, minlength=20))
+    h_random = normalized_entropy(np.bincount(lab[random_pick], minlength=20))
+    h_balanced = normalized_entropy(np.bincount(lab[res.indices], minlength=20))
+    # Measured: pool 0.847, random sample 0.854, balanced 0.957 (one-level balanced: 0.901).
+    assert h_balanced > h_random + 0.08, (h_pool, h_random, h_balanced)
+    assert gini(np.bincount(lab[res.indices], minlength=20)) < gini(np.bincount(lab, minlength=20))
+    # Quotas per level sum to the target, and the removal record covers the rest.
+    assert [q.sum() for q in res.quotas] == [target, target]
+    assert res.removed.index.size == x.shape[0] - target
+    assert set(res.removed.reason.tolist()) == {REASON_NOT_SAMPLED}
+
+
+def test_sampling_exact_size_determinism_and_centroid_strategy(clustered):
+    x, _, clustering = clustered
+    for target in (1, 37, 999, x.shape[0]):
+        got = hierarchical_sampling(clustering, target, progress=False).indices
+        assert got.size == target and np.unique(got).size == target
+    a = hierarchical_sampling(clustering, 500, seed=7, progress=False).indices
+    b = hierarchical_sampling(clustering, 500, seed=7, progress=False).indices
+    np.testing.assert_array_equal(a, b)
+    c = hierarchical_sampling(clustering, 500, strategy="c", seed=7, progress=False)
+    leaf, dist = clustering.levels[0].data_assignments, clustering.levels[0].distances
+    for cluster in np.flatnonzero(c.quotas[0] > 0)[:20]:
+        members = np.flatnonzero(leaf == cluster)
+        chosen = np.intersect1d(c.indices, members)
+        # "c" takes the members closest to their centroid.
+        assert dist[chosen].max() <= np.sort(dist[members])[chosen.size - 1] + 1e-6
+
+
+def test_sampling_bad_inputs(clustered):
+    _, _, clustering = clustered
+    with pytest.raises(ValueError, match="target_size must be in \\[1, N=20000\\]"):
+        hierarchical_sampling(clustering, 20_001, progress=False)
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        hierarchical_sampling(clustering, 10, strategy="f", progress=False)
