@@ -39,7 +39,9 @@ setup(
     entry_points={
         "console_scripts": [
             "dinov2-convert=modeling_dinov2.convert:main",
-            "dinov2-features=modeling_dinov2.demo:main",
+            "dinov2-demo=examples.demo:main",
+            "dinov2-pretrain=pretraining.cli:main",
+            "dinov2-curate=curation.cli:main",
         ]
     },
 )

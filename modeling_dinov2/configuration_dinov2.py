@@ -265,6 +265,8 @@ def config_to_stock_dict(config: Dinov2Config) -> tuple[dict[str, Any], list[str
     (outputs then differ whenever the position table is interpolated).
     """
     warnings: list[str] = []
+    if not float(config.mlp_ratio).is_integer():
+        raise ValueError(f"mlp_ratio={config.mlp_ratio}: transformers' Dinov2Config only takes whole-number ratios.")
     registers = config.num_register_tokens > 0
     # Dinov2WithRegisters interpolates with antialias, Dinov2 without; a model without registers but with
     # antialiased interpolation maps exactly onto Dinov2WithRegisters with 0 registers.
@@ -290,7 +292,7 @@ def config_to_stock_dict(config: Dinov2Config) -> tuple[dict[str, Any], list[str
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_hidden_layers,
         num_attention_heads=config.num_attention_heads,
-        mlp_ratio=config.mlp_ratio,
+        mlp_ratio=int(config.mlp_ratio),
         hidden_act=config.hidden_act,
         hidden_dropout_prob=config.hidden_dropout_prob,
         attention_probs_dropout_prob=config.attention_probs_dropout_prob,

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import re
 import sys
 from typing import Mapping
@@ -52,7 +53,12 @@ def load_original_checkpoint(path: str) -> dict[str, torch.Tensor]:
     """Backbone state dict of an original checkpoint: torch-hub weights, or the teacher of a training
     checkpoint (`{"teacher": ...}` / `{"model": ...}`, `backbone.` prefixes, chunked blocks). Loaded with
     `weights_only=True`: no code in the file is executed."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path} holds objects other than tensors, refused by torch.load(weights_only=True): {error}"
+        ) from None
     for container in ("teacher", "model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(container), dict):
             state = state[container]
@@ -109,10 +115,12 @@ def config_from_original(state: Mapping[str, torch.Tensor], arch: str, **overrid
         raise ValueError("Not a DINOv2 backbone checkpoint: 'pos_embed' or 'patch_embed.proj.weight' is missing.")
     patch_weight = state["patch_embed.proj.weight"]  # (D, C, p, p)
     hidden_size = patch_weight.shape[0]
-    if hidden_size != values["hidden_size"]:
+    if hidden_size != values["hidden_size"] and "num_attention_heads" not in overrides:
         raise ValueError(
-            f"--arch {arch} has width {values['hidden_size']}, the checkpoint has {hidden_size}: pick the matching arch."
+            f"--arch {arch} has width {values['hidden_size']}, the checkpoint has {hidden_size}: pick the matching "
+            "arch, or give --num-heads for a non-standard width."
         )
+    values["hidden_size"] = hidden_size
     values["patch_size"] = patch_weight.shape[-1]
     values["num_channels"] = patch_weight.shape[1]
     grid = int(round((state["pos_embed"].shape[1] - 1) ** 0.5))
@@ -130,9 +138,9 @@ def config_from_original(state: Mapping[str, torch.Tensor], arch: str, **overrid
 def convert_original(checkpoint: str, output_dir: str, arch: str, **overrides) -> Dinov2Model:
     """Convert an original `.pth` into a `modeling_dinov2` folder; returns the model."""
     state = load_original_checkpoint(checkpoint)
+    converted = original_to_transformers_keys(state)  # first: names every unrecognised key
     config = config_from_original(state, arch, **overrides)
     model = Dinov2Model(config)
-    converted = original_to_transformers_keys(state)
     load_state_dict_exactly(model, converted, source=checkpoint)
     model.save_pretrained(output_dir)
     return model
@@ -210,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     original.add_argument("output_dir")
     original.add_argument("--arch", required=True, choices=sorted(PRESETS),
                           help="architecture preset; sizes read off the weights must agree with it")
+    original.add_argument("--num-heads", type=int, default=None,
+                          help="attention heads, for a checkpoint whose width is not the preset's (heads cannot be "
+                          "read off the weights)")
     original.add_argument("--interpolate-offset", type=float, default=None,
                           help="override the position interpolation offset (preset: 0.1, or 0 for _reg4)")
     original.add_argument("--interpolate-antialias", choices=("true", "false"), default=None,
@@ -231,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "from-original":
             overrides = {}
+            if args.num_heads is not None:
+                overrides["num_attention_heads"] = args.num_heads
             if args.interpolate_offset is not None:
                 overrides["interpolate_offset"] = args.interpolate_offset
             if args.interpolate_antialias is not None:

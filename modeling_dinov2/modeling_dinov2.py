@@ -146,8 +146,8 @@ class Dinov2Embeddings(nn.Module):
         return cached[1]
 
     def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
+        embeddings = self.patch_embeddings(pixel_values)  # (B, N, D); checks the input's shape
         batch_size, _, height, width = pixel_values.shape
-        embeddings = self.patch_embeddings(pixel_values)  # (B, N, D)
         if bool_masked_pos is not None:
             if self.mask_token is None:
                 raise ValueError("bool_masked_pos was given but the config has use_mask_token=False.")
@@ -369,6 +369,14 @@ class Dinov2Encoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------------
+# `config.json`'s auto_map: module names are the files `save_pretrained` copies next to the weights
+REMOTE_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_dinov2.Dinov2Config",
+    "AutoModel": "modeling_dinov2.Dinov2Model",
+    "AutoModelForImageClassification": "modeling_dinov2.Dinov2ForImageClassification",
+}
+
+
 @dataclass
 class Dinov2ModelOutput(BaseModelOutputWithPooling):
     """`BaseModelOutputWithPooling` plus the normalised token groups.
@@ -463,6 +471,9 @@ class Dinov2PreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
         """`PreTrainedModel.save_pretrained`, plus DINOv2's evaluation preprocessing
         (`preprocessor_config.json`, for `AutoImageProcessor`) and a model card when none is there."""
+        # every Auto class this code serves, so that e.g. AutoModelForImageClassification can start from a
+        # backbone checkpoint with trust_remote_code (transformers only records the saved class's own)
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **REMOTE_CODE_AUTO_MAP}
         result = super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
         if is_main_process:
             write_preprocessor_config(save_directory)
