@@ -7,7 +7,7 @@ RUNTIME = [
     # torchvision==0.29.1); a bare `pip install torch` could pull a multi-GB CUDA build.
     "torch>=2.4",
     "torchvision>=0.19",
-    "transformers>=5.20,<6",
+    "transformers>=5.24,<6",
     "datasets>=4.0",
     "accelerate>=1.10",
     "safetensors>=0.4",
