@@ -406,6 +406,7 @@ class Dinov2PreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    _can_compile_fullgraph = True  # no graph breaks: tested with torch.compile(fullgraph=True)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -1,5 +1,7 @@
 """Dinov2Model: parity with stock transformers (the reference), forward options, errors, checkpointing."""
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -55,6 +57,26 @@ def test_stock_checkpoint_gives_stock_outputs(stock_and_ours, size):
         torch.testing.assert_close(got.register_tokens, expected.last_hidden_state[:, 1:5], atol=ATOL, rtol=0)
     else:
         assert got.register_tokens is None
+
+
+def test_hub_style_config_from_transformers_4(tmp_path):
+    """facebook/dinov2-* configs were written by transformers 4.31: no v5 keys, `torch_dtype`, no mask-token flag."""
+    stock_model().save_pretrained(tmp_path)
+    hub_config = dict(
+        architectures=["Dinov2Model"], attention_probs_dropout_prob=0.0, drop_path_rate=0.0, hidden_act="gelu",
+        hidden_dropout_prob=0.0, hidden_size=32, image_size=28, initializer_range=0.02, layer_norm_eps=1e-06,
+        layerscale_value=1.0, mlp_ratio=4, model_type="dinov2", num_attention_heads=2, num_channels=3,
+        num_hidden_layers=2, patch_size=14, qkv_bias=True, torch_dtype="float32",
+        transformers_version="4.31.0.dev0", use_swiglu_ffn=False,
+    )
+    (tmp_path / "config.json").write_text(json.dumps(hub_config))
+    stock = transformers.AutoModel.from_pretrained(tmp_path).eval()
+    ours = Dinov2Model.from_pretrained(tmp_path).eval()
+    assert ours.config.model_type == "dinov2_ssl" and ours.config.use_mask_token
+    pixel_values = torch.randn(1, 3, 42, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(pixel_values).last_hidden_state, stock(pixel_values).last_hidden_state,
+                                   atol=ATOL, rtol=0)
 
 
 def test_mask_token_matches_stock(stock_and_ours):
@@ -264,3 +286,13 @@ def test_loading_wrong_shapes_names_the_keys_and_loads_nothing(tmp_path):
     deeper.num_hidden_layers = 3
     with pytest.raises(ValueError, match=r"encoder\.layer\.2\.norm1\.weight: missing from the checkpoint"):
         Dinov2Model.from_pretrained(tmp_path, config=deeper)
+
+
+def test_compiles_without_graph_breaks():
+    torch.manual_seed(0)
+    model = Dinov2Model(Dinov2Config(num_register_tokens=2, **tiny_config_kwargs())).eval()
+    compiled = torch.compile(model, fullgraph=True)  # fullgraph: any graph break is an error
+    pixel_values = torch.randn(2, 3, 42, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(pixel_values).last_hidden_state, model(pixel_values).last_hidden_state,
+                                   atol=1e-5, rtol=0)
