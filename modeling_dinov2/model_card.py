@@ -48,27 +48,63 @@ def _architecture_name(config) -> str:
     return name
 
 
+def _is_classifier(config) -> bool:
+    return any("ImageClassification" in name for name in (getattr(config, "architectures", None) or []))
+
+
+_FEATURE_USAGE = [
+    "from transformers import AutoImageProcessor, AutoModel",
+    "",
+    'processor = AutoImageProcessor.from_pretrained("{repo}")',
+    'model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)',
+    'features = model(**processor(images=image, return_tensors="pt"))',
+    "cls_embedding = features.pooler_output      # (batch, hidden)",
+    "patch_embeddings = features.patch_tokens    # (batch, patches, hidden)",
+]
+_CLASSIFIER_USAGE = [
+    "from transformers import AutoImageProcessor, AutoModelForImageClassification",
+    "",
+    'processor = AutoImageProcessor.from_pretrained("{repo}")',
+    'model = AutoModelForImageClassification.from_pretrained("{repo}", trust_remote_code=True)',
+    'logits = model(**processor(images=image, return_tensors="pt")).logits',
+    "label = model.config.id2label[logits.argmax(-1).item()]",
+]
+
+
 def build_model_card(
     config,
     repo_id: str | None = None,
     sections: Mapping[str, str] | None = None,
     metrics: Mapping[str, Any] | None = None,
     extra_tags: list[str] | None = None,
+    pipeline_tag: str | None = None,
 ) -> str:
-    """Markdown model card with Hub metadata (library `transformers`, pipeline `image-feature-extraction`).
+    """Markdown model card with Hub metadata (library `transformers`; pipeline `image-feature-extraction`, or
+    `image-classification` for a classifier's config, unless `pipeline_tag` says otherwise).
 
     `sections` adds titled paragraphs (e.g. the training recipe); `metrics` adds a result table.
     """
     from huggingface_hub import ModelCardData
 
+    classifier = _is_classifier(config) if pipeline_tag is None else pipeline_tag == "image-classification"
+    pipeline_tag = pipeline_tag or ("image-classification" if classifier else "image-feature-extraction")
     data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="image-feature-extraction",
+        pipeline_tag=pipeline_tag,
         license="apache-2.0",
         tags=CARD_TAGS + list(extra_tags or []),
     )
     name = _architecture_name(config)
     repo = repo_id or "path/to/this/folder"
+    summary = (
+        "A DINOv2 vision transformer (Oquab et al., *DINOv2: Learning Robust Visual Features without "
+        "Supervision*, 2023) saved with the `modeling_dinov2` package. "
+    )
+    summary += (
+        f"It classifies images into {config.num_labels} classes with a linear head on [CLS, mean patch token]."
+        if classifier
+        else "Its frozen features serve k-NN and linear classification, segmentation, retrieval and depth probes."
+    )
     lines = [
         "---",
         data.to_yaml(),
@@ -76,9 +112,7 @@ def build_model_card(
         "",
         f"# DINOv2 {name}",
         "",
-        "A DINOv2 vision transformer (Oquab et al., *DINOv2: Learning Robust Visual Features without "
-        "Supervision*, 2023) saved with the `modeling_dinov2` package. Its frozen features serve k-NN and "
-        "linear classification, segmentation, retrieval and depth probes.",
+        summary,
         "",
         "## Architecture",
         "",
@@ -95,17 +129,11 @@ def build_model_card(
         "## Usage",
         "",
         "```python",
-        "from transformers import AutoImageProcessor, AutoModel",
-        "",
-        f'processor = AutoImageProcessor.from_pretrained("{repo}")',
-        f'model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)',
-        'features = model(**processor(images=image, return_tensors="pt"))',
-        "cls_embedding = features.pooler_output      # (batch, hidden)",
-        "patch_embeddings = features.patch_tokens    # (batch, patches, hidden)",
+        *[line.format(repo=repo) for line in (_CLASSIFIER_USAGE if classifier else _FEATURE_USAGE)],
         "```",
         "",
         "With `modeling_dinov2` installed, `trust_remote_code` is not needed; "
-        "`dinov2-convert to-transformers` writes a copy that stock `transformers.Dinov2Model` loads.",
+        "`dinov2-convert to-transformers` writes a copy that stock transformers loads.",
         "",
     ]
     if metrics:

@@ -76,3 +76,46 @@ def run_python(code: str, env: dict | None = None, cwd: str | os.PathLike | None
     if result.returncode != 0:
         pytest.fail(f"subprocess failed ({result.returncode}):\nSTDOUT:\n{result.stdout}\nSTDERR:\n{result.stderr}")
     return result.stdout
+
+
+# ----------------------------------------------------------------------------------------------------
+# examples/ (tests/test_examples_*.py)
+# ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def examples_tiny_model_dir(tmp_path_factory):
+    """A saved random-init modeling_dinov2 ViT: 2 blocks, width 32, patch 14, 28-px table.
+
+    LayerScale starts at 1.0 (not the pretraining 1e-5), so at random init the blocks change the tokens
+    and the CLS features differ between images.
+    """
+    import torch
+
+    from modeling_dinov2 import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("examples_tiny_dinov2")
+    Dinov2Model(Dinov2Config(**tiny_config_kwargs(layerscale_value=1.0))).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def examples_tiny_stock_model_dir(tmp_path_factory):
+    """The same tiny ViT as transformers' own `Dinov2Model` (model_type `dinov2`), saved."""
+    import torch
+    from transformers import Dinov2Config as StockDinov2Config
+    from transformers import Dinov2Model as StockDinov2Model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("examples_tiny_stock_dinov2")
+    StockDinov2Model(StockDinov2Config(**tiny_config_kwargs(layerscale_value=1.0))).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir():
+    """The Debian Fashion-MNIST folder; skips the test when the package is not installed."""
+    from examples.data import FASHION_MNIST_DIR, FASHION_MNIST_INSTALL
+
+    if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"Fashion-MNIST is not installed at {FASHION_MNIST_DIR}; run: {FASHION_MNIST_INSTALL}")
+    return FASHION_MNIST_DIR

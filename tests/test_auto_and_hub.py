@@ -138,3 +138,10 @@ def test_model_card_describes_the_model(tmp_path):
     assert "library_name: transformers" in card and "pipeline_tag: image-feature-extraction" in card
     assert "# DINOv2 ViT-S/14 + 4 registers" in card
     assert "| k-NN top-1 | 0.91 |" in card and "## Training" in card and 'from_pretrained("me/dino"' in card
+
+
+def test_classifier_model_card_uses_the_classification_pipeline():
+    config = Dinov2Config(num_labels=10, architectures=["Dinov2ForImageClassification"], **tiny_config_kwargs())
+    card = modeling_dinov2.build_model_card(config)
+    assert "pipeline_tag: image-classification" in card and "AutoModelForImageClassification" in card
+    assert "into 10 classes" in card

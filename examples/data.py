@@ -1,0 +1,250 @@
+"""Offline image data for the examples: Fashion-MNIST from Debian, scikit-image photos, and a small
+semantic-segmentation set composed from both.
+
+- `load_fashion_mnist(split)`: the 60k/10k Fashion-MNIST split as a `datasets.Dataset` (`image`, `label`),
+  read from the Debian package `dataset-fashion-mnist` (MIT, Zalando SE).
+- `load_image_dataset(name, split)`: `"fashion_mnist"`, a local image folder (`datasets`' imagefolder
+  layout, one sub-folder per class) or a Hub dataset name (online only), always with `image`/`label` columns.
+- `build_fashion_segmentation(split, num_images)`: Fashion-MNIST items pasted onto crops of scikit-image's
+  bundled photos (CC0 / public domain), with per-pixel labels; see its docstring for how the masks are made.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST_INSTALL = "apt-get update && apt-get install -y --no-install-recommends dataset-fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+_FASHION_MNIST_FILES = {"train": "train", "test": "t10k"}
+
+# scikit-image photos and textures bundled in the wheel (no download). `cat` is left out: it is the same
+# image as `chelsea`.
+BACKGROUND_PHOTOS = (
+    "astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "hubble_deep_field",
+    "immunohistochemistry", "moon", "rocket",
+)
+SEGMENTATION_CLASSES = ("background",) + FASHION_MNIST_CLASSES
+IGNORE_INDEX = 255
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fashion-MNIST
+# ----------------------------------------------------------------------------------------------------
+def _read_idx(path: Path, header_bytes: int) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        return np.frombuffer(f.read(), dtype=np.uint8, offset=header_bytes)
+
+
+def load_fashion_mnist_arrays(split: str, root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 28, 28) uint8, labels (N,) int64) of the `train` (60k) or `test` (10k) split, read-only.
+
+    Raises `FileNotFoundError` naming the `apt-get` command when the Debian package is not installed.
+    """
+    return _read_fashion_mnist(split, str(Path(root) if root is not None else FASHION_MNIST_DIR))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_fashion_mnist(split: str, root: str) -> tuple[np.ndarray, np.ndarray]:
+    if split not in _FASHION_MNIST_FILES:
+        raise ValueError(f"Fashion-MNIST has splits {sorted(_FASHION_MNIST_FILES)}, got {split!r}.")
+    root = Path(root)
+    prefix = _FASHION_MNIST_FILES[split]
+    image_file, label_file = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
+    missing = [str(p) for p in (image_file, label_file) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"Fashion-MNIST files not found: {', '.join(missing)}. Install the Debian package with\n"
+            f"    {FASHION_MNIST_INSTALL}\n(or point FASHION_MNIST_DIR at a folder holding the four *-ubyte.gz files)."
+        )
+    images = _read_idx(image_file, 16).reshape(-1, 28, 28)
+    labels = _read_idx(label_file, 8).astype(np.int64)
+    labels.flags.writeable = False
+    if len(images) != len(labels):
+        raise ValueError(f"{image_file} holds {len(images)} images but {label_file} {len(labels)} labels.")
+    return images, labels
+
+
+def load_fashion_mnist(split: str, limit: int | None = None, root: str | os.PathLike | None = None):
+    """Fashion-MNIST as a `datasets.Dataset` with `image` (28x28 grey PIL) and `label` (ClassLabel) columns.
+
+    `limit` keeps the first `limit` rows (the files are in random class order, so any prefix is close to
+    class-balanced).
+    """
+    from datasets import ClassLabel, Dataset, Features, Image
+
+    images, labels = load_fashion_mnist_arrays(split, root)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    features = Features({"image": Image(), "label": ClassLabel(names=list(FASHION_MNIST_CLASSES))})
+    return Dataset.from_dict({"image": list(images), "label": labels.tolist()}, features=features)
+
+
+def load_image_dataset(
+    name: str, split: str, limit: int | None = None, image_column: str = "image", label_column: str = "label"
+):
+    """An image-classification `datasets.Dataset` with `image` and `label` columns.
+
+    Args:
+        name: `"fashion_mnist"` (the offline Debian copy), a local folder (`imagefolder` layout:
+            `<folder>/<split>/<class>/<file>` or `<folder>/<class>/<file>`), or a Hub dataset id.
+        split: split name (`train`, `test`, ...).
+        limit: keep the first `limit` rows.
+        image_column, label_column: the dataset's column names, renamed to `image` / `label`.
+    """
+    if name == "fashion_mnist":
+        return load_fashion_mnist(split, limit)
+    from datasets import load_dataset
+
+    if os.path.isdir(name):
+        dataset = load_dataset("imagefolder", data_dir=name, split=split)
+    else:
+        dataset = load_dataset(name, split=split)
+    for column, wanted in ((image_column, "image"), (label_column, "label")):
+        if column not in dataset.column_names:
+            raise ValueError(f"{name} ({split}) has no column {column!r}; its columns are {dataset.column_names}.")
+        if column != wanted:
+            dataset = dataset.rename_column(column, wanted)
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    return dataset
+
+
+def class_names(dataset) -> list[str]:
+    """Names of the `label` ClassLabel, or the label values as strings."""
+    feature = dataset.features["label"]
+    if hasattr(feature, "names"):
+        return list(feature.names)
+    return [str(v) for v in sorted(set(dataset["label"]))]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fashion-MNIST items on photo backgrounds: a small semantic-segmentation set
+# ----------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def background_photos() -> dict[str, np.ndarray]:
+    """scikit-image's bundled photos and textures as read-only (H, W, 3) uint8 RGB arrays (decoded once)."""
+    import skimage.data
+
+    photos = {}
+    for name in BACKGROUND_PHOTOS:
+        image = np.asarray(getattr(skimage.data, name)())
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        photos[name] = np.ascontiguousarray(image[..., :3]).astype(np.uint8)
+        photos[name].flags.writeable = False
+    return photos
+
+
+def item_mask(item: np.ndarray, threshold: int = 16) -> np.ndarray:
+    """Silhouette of a Fashion-MNIST item: pixels brighter than `threshold`, holes filled.
+
+    Fashion-MNIST items are photographed on a black background, so the silhouette is exact up to the
+    anti-aliased rim (which `build_fashion_segmentation` marks as ignore).
+    """
+    from scipy.ndimage import binary_fill_holes
+
+    return binary_fill_holes(item > threshold)
+
+
+def _random_crop(photo: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random square crop (1/3 to all of the shorter side) of `photo`, resized to size x size."""
+    from PIL import Image
+
+    height, width = photo.shape[:2]
+    side = int(rng.integers(min(height, width) // 3, min(height, width) + 1))
+    top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+    crop = Image.fromarray(photo[top : top + side, left : left + side])
+    return np.asarray(crop.resize((size, size), Image.BILINEAR))
+
+
+def compose_segmentation_sample(
+    items: list[np.ndarray],
+    item_labels: list[int],
+    background: np.ndarray,
+    rng: np.random.Generator,
+    item_size: tuple[float, float] = (0.3, 0.55),
+    boundary: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paste grey 28x28 items onto an (S, S, 3) background; return (image (S, S, 3) uint8, mask (S, S) uint8).
+
+    Each item is upscaled (bicubic) to a random side in `item_size` x S, placed at a random position and
+    pasted where its silhouette (`item_mask`) is; later items occlude earlier ones. Mask values: 0 for
+    background, `label + 1` for an item of Fashion-MNIST class `label`, and 255 (ignore) on a band of
+    `boundary` pixels either side of every class edge, where the anti-aliased rim makes the label ambiguous.
+    """
+    from PIL import Image
+    from scipy.ndimage import grey_dilation, grey_erosion
+
+    size = background.shape[0]
+    image = background.copy()
+    mask = np.zeros((size, size), dtype=np.uint8)
+    for item, label in zip(items, item_labels):
+        side = int(rng.integers(int(item_size[0] * size), int(item_size[1] * size) + 1))
+        scaled = np.asarray(Image.fromarray(item).resize((side, side), Image.BICUBIC))
+        silhouette = item_mask(scaled)
+        top, left = int(rng.integers(0, size - side + 1)), int(rng.integers(0, size - side + 1))
+        window = (slice(top, top + side), slice(left, left + side))
+        image[window][silhouette] = scaled[silhouette][:, None]  # grey item -> all three channels
+        mask[window][silhouette] = label + 1
+    if boundary > 0:
+        footprint = 2 * boundary + 1
+        edge = grey_dilation(mask, size=footprint) != grey_erosion(mask, size=footprint)
+        mask[edge] = IGNORE_INDEX
+    return image, mask
+
+
+def build_fashion_segmentation(
+    split: str,
+    num_images: int,
+    canvas_size: int = 224,
+    items_per_image: tuple[int, int] = (1, 3),
+    item_size: tuple[float, float] = (0.3, 0.55),
+    boundary: int = 1,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+):
+    """A semantic-segmentation `datasets.Dataset` (`image` RGB, `mask` L, `num_items`) of real images.
+
+    Every sample is a random crop of one of scikit-image's bundled photos (`BACKGROUND_PHOTOS`: natural
+    photos, textures, microscopy; class 0) with 1-3 Fashion-MNIST product photos of the given split pasted
+    on it (classes 1-10 = `SEGMENTATION_CLASSES`). The masks are not hand-annotated: they are the items'
+    silhouettes on their black studio background (`item_mask`), which is exact except on the rim, marked
+    255 (ignore). Items are grey, backgrounds mostly colour, so colour alone gives a partial cue; the grey
+    photos and textures (brick, gravel, camera, coins, moon) make it a real shape-and-texture task. Train
+    and test use disjoint Fashion-MNIST items (their own splits) but the same background photos (different
+    random crops).
+    """
+    from datasets import Dataset, Features, Image, Value
+
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}.")
+    low, high = items_per_image
+    if not 1 <= low <= high:
+        raise ValueError(f"items_per_image must be (low, high) with 1 <= low <= high, got {items_per_image}.")
+    if not 0 < item_size[0] <= item_size[1] <= 1:
+        raise ValueError(f"item_size must be fractions 0 < low <= high <= 1 of the canvas, got {item_size}.")
+    items, labels = load_fashion_mnist_arrays(split, root)
+    photos = background_photos()
+    names = sorted(photos)
+    # a different stream per split, so train and test crops differ for the same seed
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    images, masks, counts = [], [], []
+    for _ in range(num_images):
+        background = _random_crop(photos[names[int(rng.integers(len(names)))]], canvas_size, rng)
+        picks = rng.integers(0, len(items), size=int(rng.integers(low, high + 1)))
+        image, mask = compose_segmentation_sample(
+            [items[i] for i in picks], [int(labels[i]) for i in picks], background, rng, item_size, boundary
+        )
+        images.append(image)
+        masks.append(mask)
+        counts.append(len(picks))
+    features = Features({"image": Image(), "mask": Image(), "num_items": Value("int32")})
+    return Dataset.from_dict({"image": images, "mask": masks, "num_items": counts}, features=features)

@@ -1,0 +1,89 @@
+"""examples/linear_probe.py: classifier inputs, the jointly trained lr sweep, model selection, the script."""
+
+import json
+
+import pytest
+import torch
+
+from examples.features import Features
+from examples.linear_probe import (
+    classifier_accuracy, linear_probe, linear_probe_grid, main, probe_inputs, split_train_val,
+    train_linear_classifiers,
+)
+
+
+def gaussian_blobs(num_per_class: int, seed: int, num_classes: int = 3, dim: int = 8, spread: float = 0.3):
+    """Classes centred on the first `num_classes` unit vectors: linearly separable up to the noise."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(num_classes).repeat_interleave(num_per_class)
+    centres = torch.eye(dim)[:num_classes] * 2.0
+    return centres[labels] + spread * torch.randn(len(labels), dim, generator=generator), labels
+
+
+def test_probe_inputs_concatenate_last_blocks_and_patch_mean():
+    cls_tokens = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)  # (N, blocks, D)
+    patch_mean = -torch.ones(2, 4)
+    features = Features(cls_tokens, torch.tensor([0, 1]), patch_mean)
+    assert torch.equal(probe_inputs(features, 1, False), cls_tokens[:, 2])
+    expected = torch.cat([cls_tokens[:, 1], cls_tokens[:, 2], patch_mean], dim=1)  # 2 last CLS, then the mean patch
+    assert torch.equal(probe_inputs(features, 2, True), expected)
+    with pytest.raises(ValueError, match="n_last_blocks"):
+        probe_inputs(features, 4)
+    with pytest.raises(ValueError, match="patch tokens"):
+        probe_inputs(Features(cls_tokens, torch.tensor([0, 1])), 1, True)
+
+
+def test_jointly_trained_classifiers_are_independent():
+    # The summed loss must give each classifier its own SGD run: the first classifier of a joint sweep equals
+    # the classifier trained alone with the same seed (same init draw, same mini-batches, same lr).
+    x, y = gaussian_blobs(40, seed=0)
+    joint = train_linear_classifiers(x, y, 3, lrs=(0.05, 0.5), epochs=3, batch_size=16, seed=1)
+    alone = train_linear_classifiers(x, y, 3, lrs=(0.05,), epochs=3, batch_size=16, seed=1)
+    assert torch.allclose(joint[0].weight, alone[0].weight, atol=1e-6)
+    assert torch.allclose(joint[0].bias, alone[0].bias, atol=1e-6)
+    assert not torch.allclose(joint[0].weight, joint[1].weight)
+
+
+def test_linear_probe_learns_and_selects_on_validation():
+    train_x, train_y = gaussian_blobs(100, seed=0)
+    val_x, val_y = gaussian_blobs(30, seed=1)
+    test_x, test_y = gaussian_blobs(30, seed=2)
+    # an lr of 1e-6 cannot move the N(0, 0.01) init in 5 epochs; the probe must pick the useful one
+    result = linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, lrs=(1e-6, 0.1), epochs=5, batch_size=32)
+    assert result.lr == 0.1
+    assert result.val_top1_by_lr[0.1] > result.val_top1_by_lr[1e-6]
+    assert result.val_top1 == pytest.approx(classifier_accuracy(result.classifier, val_x, val_y)[1])
+    assert result.test_top1 == pytest.approx(classifier_accuracy(result.classifier, test_x, test_y)[1])
+    assert result.test_top1 > 0.95
+
+
+def test_split_and_grid():
+    x, y = gaussian_blobs(50, seed=0)
+    features = Features(torch.stack([x, -x], dim=1), y, x.clone())  # 2 "blocks" and a patch mean
+    train, val = split_train_val(features, 0.2, seed=0)
+    assert (len(train), len(val)) == (120, 30)
+    rows = lambda f: {tuple(r.tolist()) for r in f.patch_mean}  # noqa: E731
+    assert not rows(train) & rows(val)
+    with pytest.warns(UserWarning, match="n_last_blocks=4"):
+        best, results = linear_probe_grid(train, val, None, (1, 4), (False, True), lrs=(0.1,), epochs=2)
+    assert [r.name for r in results] == ["blocks=1 avgpool=False", "blocks=1 avgpool=True"]
+    assert best.val_top1 == max(r.val_top1 for r in results)
+
+
+def test_linear_probe_script(fashion_mnist_dir, examples_tiny_model_dir, tmp_path, capsys):
+    output = tmp_path / "linear.json"
+    best = main([
+        "--model", examples_tiny_model_dir, "--image-size", "28", "--resize-size", "28", "--train-limit", "400",
+        "--test-limit", "100", "--n-last-blocks", "1", "2", "--lrs", "0.01", "0.1", "--epochs", "2",
+        "--output-json", str(output), "--device", "cpu",
+    ])
+    saved = json.loads(output.read_text())
+    assert len(saved["results"]) == 4  # (1, 2 blocks) x (avgpool no, yes)
+    assert saved["best"]["val_top1"] == max(r["val_top1"] for r in saved["results"])
+    assert saved["best"]["test_top1"] == pytest.approx(best.test_top1)
+    assert "chosen on val" in capsys.readouterr().out
+
+
+def test_linear_probe_raw_pixels_beat_chance(fashion_mnist_dir):
+    best = main(["--raw-pixels", "--train-limit", "1000", "--test-limit", "300", "--lrs", "0.1", "1.0", "--epochs", "5"])
+    assert best.test_top1 > 0.6
