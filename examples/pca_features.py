@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from examples.features import eval_transform
+
 
 
 def package_photos() -> dict[str, Image.Image]:
@@ -42,19 +42,11 @@ def load_backbone(model: str | None = None, preset: str = "vit_small", seed: int
 
 
 def preprocess(images: Sequence[Image.Image], size: int, patch_size: int) -> torch.Tensor:
-    """Resize (shorter side, bicubic) and centre-crop to `size` (rounded down to a patch multiple), then
-    normalise with ImageNet statistics -> (B, 3, size, size)."""
-    from torchvision.transforms import v2
-
+    """Resize the shorter side to `size` (rounded down to a patch multiple), centre-crop a square, normalise
+    with ImageNet statistics -> (B, 3, size, size)."""
     size = max(patch_size, size // patch_size * patch_size)
-    transform = v2.Compose([
-        v2.PILToTensor(),
-        v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.CenterCrop(size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-    return torch.stack([transform(image.convert("RGB")) for image in images])
+    transform = eval_transform(size, resize_size=size)
+    return torch.stack([transform(image) for image in images])
 
 
 @torch.no_grad()
