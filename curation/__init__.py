@@ -1,7 +1,14 @@
 """Data curation for self-supervised pretraining, after DINOv2's LVD-142M pipeline.
 
-The functions work on numpy arrays: embeddings go in and row indices come out. Call
-``datasets.Dataset.select(indices)`` on a dataset with no index attached.
+The whole pipeline, images in and a curated ``datasets.Dataset`` out, is :func:`curation.pipeline.curate`
+(CLI: ``dinov2-curate``). Its building blocks work on embedding matrices (numpy arrays or Arrow files
+read in blocks, :mod:`curation.store`): embeddings go in and row indices come out.
+
+* :mod:`curation.inputs`: folders, file lists and ``datasets.Dataset`` image columns.
+* :mod:`curation.embed`: batched, resumable embedding into Arrow shards with any DINOv2 /
+  transformers / TorchScript model.
+* :mod:`curation.pipeline`, :mod:`curation.config`, :mod:`curation.report`, :mod:`curation.cli`:
+  the pipeline, its config, its report and its command line.
 
 * :mod:`curation.index`: FAISS wrapper for cosine k-NN (Flat / IVF / HNSW, chosen
   automatically by size, GPU optional).
@@ -17,6 +24,7 @@ Every step that drops items returns a :class:`RemovalRecord` giving the reason,
 the matched item and the similarity for each dropped item.
 """
 
+from .config import CurationConfig
 from .dedup import (
     DECONTAMINATION_THRESHOLD,
     SELF_DEDUP_THRESHOLD,
@@ -28,9 +36,13 @@ from .dedup import (
     concat_removals,
     decontaminate,
     deduplicate,
+    SimilarityEdges,
+    knn_edges,
     knn_graph,
     threshold_components,
 )
+from .embed import EmbeddingResult, embed_images, load_embeddings, load_model
+from .inputs import ImageSet, load_image_set
 from .index import (
     EmbeddingIndex,
     SearchResult,
@@ -53,6 +65,7 @@ from .retrieval import (
     cluster_based_retrieval,
     sample_based_retrieval,
 )
+from .pipeline import CurationResult, curate, push_curated
 from .sampling import (
     BalanceStats,
     SamplingResult,
@@ -63,8 +76,26 @@ from .sampling import (
     size_entropy,
     water_fill,
 )
+from .store import ArraySource, ArrowEmbeddings, EmbeddingSource, SubsetSource, as_source
 
 __all__ = [
+    "ArraySource",
+    "ArrowEmbeddings",
+    "CurationConfig",
+    "CurationResult",
+    "EmbeddingResult",
+    "EmbeddingSource",
+    "ImageSet",
+    "SimilarityEdges",
+    "SubsetSource",
+    "as_source",
+    "curate",
+    "embed_images",
+    "knn_edges",
+    "load_embeddings",
+    "load_image_set",
+    "load_model",
+    "push_curated",
     "BalanceStats",
     "ClusterRetrievalResult",
     "DECONTAMINATION_THRESHOLD",

@@ -16,9 +16,11 @@ The thresholds favour recall. SSCD calls cosine > 0.75 a copy at 90% precision o
 DISC, so 0.6 and 0.45 are deliberately loose. Record which embedding model was used
 with every threshold.
 
-Memory: the graph holds ``N * k`` neighbours (int64 + float32, 12 bytes each). That
-is 768 MB for N = 1M and k = 64. There is never an ``N x N`` matrix. Components are
-computed on the sparse edge list that remains after thresholding.
+Memory: embeddings are read in blocks from an :class:`~curation.store.EmbeddingSource`
+(an array or memory-mapped Arrow files). :func:`knn_edges` keeps only the edges above
+the threshold (20 bytes each), so memory is the faiss index plus those edges; the dense
+:func:`knn_graph` (``12 * N * k`` bytes, 768 MB for N = 1M and k = 64) is there for
+analysis. There is never an ``N x N`` matrix.
 
 Every function that drops items returns a :class:`RemovalRecord`, which says for
 each dropped item why it was dropped, which item it matched and how similar they
@@ -28,20 +30,15 @@ were. :func:`check_partition` asserts that kept + removed = total.
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from tqdm.auto import tqdm
 
-from .index import (
-    DEFAULT_BATCH_SIZE,
-    EmbeddingIndex,
-    build_index,
-    check_embeddings,
-    check_k,
-    l2_normalize,
-)
+from .index import DEFAULT_BATCH_SIZE, EmbeddingIndex, build_index, check_k
+from .store import EmbeddingSource, check_source
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +48,9 @@ SELF_DEDUP_THRESHOLD = 0.6
 DECONTAMINATION_THRESHOLD = 0.45
 #: DINOv2 App. A.3: neighbours retrieved per image.
 DEFAULT_K = 64
+#: Query rows read from the embedding source per search call (large enough for the
+#: list-major IVF search, see ``curation.index``).
+QUERY_BLOCK = 131_072
 
 #: Reasons used in :class:`RemovalRecord`.
 #: Cosine to the kept representative is above the threshold.
@@ -141,7 +141,7 @@ def check_partition(n_total: int, kept: np.ndarray, removed: RemovalRecord) -> N
 
 
 class KnnGraph(NamedTuple):
-    """Directed k-NN graph, with the self-match dropped.
+    """Dense directed k-NN graph, with the self-match dropped (``12 * N * k`` bytes).
 
     Attributes:
         indices: ``(N, k)`` int64 neighbour rows, by descending similarity. ``-1`` is
@@ -151,6 +151,36 @@ class KnnGraph(NamedTuple):
 
     indices: np.ndarray
     similarities: np.ndarray
+
+    def to_edges(self, min_similarity: float = -1.0) -> "SimilarityEdges":
+        """The edges with similarity ``> min_similarity`` as a :class:`SimilarityEdges`."""
+        n, k = self.indices.shape
+        keep = (self.similarities > min_similarity) & (self.indices >= 0)
+        src = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], (n, k))[keep]
+        return SimilarityEdges(src, self.indices[keep], self.similarities[keep], n, k, float(min_similarity))
+
+
+class SimilarityEdges(NamedTuple):
+    """Sparse k-NN graph: only the edges above ``min_similarity`` (``20`` bytes per edge).
+
+    This is what de-duplication needs (edges below the threshold never matter), and its
+    size grows with the number of near-duplicates, not with ``N * k``.
+
+    Attributes:
+        src, dst: ``(E,)`` int64 endpoints (``dst`` is among the ``k`` nearest of ``src``).
+        similarity: ``(E,)`` float32 cosine similarity of each edge.
+        n_nodes: number of items.
+        k: neighbours searched per item.
+        min_similarity: edges at or below this value were dropped; thresholds below it
+            cannot be evaluated on these edges.
+    """
+
+    src: np.ndarray
+    dst: np.ndarray
+    similarity: np.ndarray
+    n_nodes: int
+    k: int
+    min_similarity: float
 
 
 def drop_self_matches(sims: np.ndarray, ids: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,6 +200,25 @@ def drop_self_matches(sims: np.ndarray, ids: np.ndarray, rows: np.ndarray, k: in
     return np.take_along_axis(sims, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
+def _self_knn_blocks(
+    src: EmbeddingSource, k: int, index: Optional[EmbeddingIndex], *, index_type: str, progress: bool, seed: int,
+    batch_size: int, query_block: int, **index_kwargs: Any,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield ``(start, sims, ids)`` blocks of the self k-NN search (self excluded), ``(b, k)`` each."""
+    n = src.n
+    if index is None:
+        index = build_index(src, index_type, seed=seed, progress=progress, **index_kwargs)
+    elif index.ntotal != n:
+        raise ValueError(f"index must hold the same {n} embeddings; received an index with ntotal={index.ntotal}.")
+    bar = tqdm(total=n, desc=f"k-NN graph (k={k}, {index.index_type})", unit="item", disable=not progress)
+    for start, block in src.batches(query_block, normalize=True):
+        res = index.search(block, k + 1, normalize=False, batch_size=batch_size, progress=False)
+        sims, ids = drop_self_matches(res.similarities, res.indices, np.arange(start, start + block.shape[0]), k)
+        bar.update(block.shape[0])
+        yield start, sims, ids
+    bar.close()
+
+
 def knn_graph(
     embeddings: Any,
     k: int = DEFAULT_K,
@@ -178,50 +227,92 @@ def knn_graph(
     index_type: str = "auto",
     normalize: bool = True,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    query_block: int = QUERY_BLOCK,
     progress: bool = True,
     seed: int = 0,
     **index_kwargs: Any,
 ) -> KnnGraph:
-    """Compute the cosine k-NN graph of ``embeddings`` against themselves.
+    """Dense cosine k-NN graph of ``embeddings`` against themselves.
 
     Args:
-        embeddings: ``(N, d)`` array.
+        embeddings: ``(N, d)`` array or :class:`~curation.store.EmbeddingSource` (read in blocks).
         k: neighbours per item, not counting the item itself. Must be ``<= N - 1``.
         index: an already built index over exactly these embeddings, in the same
             order. If ``None``, one is built with :func:`~curation.index.build_index`.
         index_type: ``"auto"``, ``"flat"``, ``"ivf"`` or ``"hnsw"`` (when building).
-        normalize: L2-normalise a copy. ``False`` requires unit-norm rows.
-        batch_size: queries per search call.
+        normalize: kept for backward compatibility; rows are always L2-normalised block by block.
+        batch_size: queries per faiss call.
+        query_block: rows read from the source at a time.
         progress: tqdm bars.
         seed: IVF training seed.
         **index_kwargs: passed to :func:`~curation.index.build_index` (``nlist``,
             ``nprobe``, ``device``...).
 
     Returns:
-        :class:`KnnGraph` with ``(N, k)`` arrays. Memory is ``12 * N * k`` bytes.
+        :class:`KnnGraph` with ``(N, k)`` arrays. Memory is ``12 * N * k`` bytes; use
+        :func:`knn_edges` to keep only the edges above a threshold.
     """
-    x = l2_normalize(embeddings) if normalize else check_embeddings(embeddings)
-    n = x.shape[0]
+    src = check_source(embeddings)
+    n = src.n
     k = check_k(k, n - 1, what="k", of="the number of other items (N - 1)")
-    if index is None:
-        index = build_index(x, index_type, normalize=False, seed=seed, progress=progress, **index_kwargs)
-    elif index.ntotal != n:
-        raise ValueError(f"index must hold the same {n} embeddings; received an index with ntotal={index.ntotal}.")
-    # One call so the index can pick its strategy (list-major for large CPU IVF jobs);
-    # it batches internally. Results for k + 1 neighbours: 12 * N * (k + 1) bytes.
-    res = index.search(x, k + 1, normalize=False, batch_size=batch_size, progress=progress)
     out_ids = np.empty((n, k), dtype=np.int64)
     out_sims = np.empty((n, k), dtype=np.float32)
-    for start in range(0, n, batch_size):
-        stop = min(n, start + batch_size)
-        s, i = drop_self_matches(res.similarities[start:stop], res.indices[start:stop], np.arange(start, stop), k)
-        out_sims[start:stop] = s
-        out_ids[start:stop] = i
+    for start, sims, ids in _self_knn_blocks(src, k, index, index_type=index_type, progress=progress, seed=seed,
+                                             batch_size=batch_size, query_block=query_block, **index_kwargs):
+        out_sims[start : start + sims.shape[0]] = sims
+        out_ids[start : start + sims.shape[0]] = ids
     return KnnGraph(out_ids, out_sims)
 
 
+def knn_edges(
+    embeddings: Any,
+    k: int = DEFAULT_K,
+    min_similarity: float = DECONTAMINATION_THRESHOLD,
+    *,
+    index: Optional[EmbeddingIndex] = None,
+    index_type: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    query_block: int = QUERY_BLOCK,
+    progress: bool = True,
+    seed: int = 0,
+    **index_kwargs: Any,
+) -> SimilarityEdges:
+    """The edges of the cosine k-NN graph with similarity ``> min_similarity``, searched block by block.
+
+    Memory is the index plus the kept edges; the dense ``N x k`` result is never held. Pass
+    the lowest threshold you will use (e.g. 0.45 to serve both de-duplication at 0.6 and
+    decontamination at 0.45 from one search).
+    """
+    src = check_source(embeddings)
+    k = check_k(k, src.n - 1, what="k", of="the number of other items (N - 1)")
+    if not -1.0 <= float(min_similarity) <= 1.0:
+        raise ValueError(f"min_similarity must be a cosine similarity in [-1, 1]; received {min_similarity}.")
+    parts_src, parts_dst, parts_sim = [], [], []
+    for start, sims, ids in _self_knn_blocks(src, k, index, index_type=index_type, progress=progress, seed=seed,
+                                             batch_size=batch_size, query_block=query_block, **index_kwargs):
+        keep = (sims > min_similarity) & (ids >= 0)
+        rows, cols = np.nonzero(keep)
+        parts_src.append(start + rows.astype(np.int64))
+        parts_dst.append(ids[rows, cols])
+        parts_sim.append(sims[rows, cols])
+    cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.empty(0, dt)  # noqa: E731
+    return SimilarityEdges(cat(parts_src, np.int64), cat(parts_dst, np.int64), cat(parts_sim, np.float32), src.n, k,
+                           float(min_similarity))
+
+
+def _as_edges(graph: Union[KnnGraph, SimilarityEdges], threshold: float) -> SimilarityEdges:
+    if isinstance(graph, KnnGraph):
+        return graph.to_edges(threshold)
+    if threshold < graph.min_similarity:
+        raise ValueError(
+            f"threshold {threshold} is below the {graph.min_similarity} these edges were kept above; search again "
+            f"with knn_edges(min_similarity <= {threshold})."
+        )
+    return graph
+
+
 def threshold_components(
-    graph: KnnGraph,
+    graph: Union[KnnGraph, SimilarityEdges],
     threshold: float,
     *,
     n_nodes: Optional[int] = None,
@@ -232,10 +323,10 @@ def threshold_components(
     Edges are treated as undirected: ``i -> j`` links ``i`` and ``j``.
 
     Args:
-        graph: :class:`KnnGraph` whose row ``i`` lists the neighbours of node ``i``.
+        graph: :class:`KnnGraph` or :class:`SimilarityEdges`.
         threshold: strict cosine threshold, as in the paper ("similarity > 0.6").
-        n_nodes: total number of nodes, if larger than ``graph.indices.shape[0]``
-            (e.g. nodes that have no outgoing list).
+        n_nodes: total number of nodes, if larger than the graph's (e.g. extra nodes
+            that only appear in ``extra_edges``).
         extra_edges: optional ``(src, dst)`` int arrays of further undirected edges.
 
     Returns:
@@ -243,11 +334,10 @@ def threshold_components(
     """
     if not -1.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must be a cosine similarity in [-1, 1]; received {threshold}.")
-    n_rows, k = graph.indices.shape
-    n = n_rows if n_nodes is None else int(n_nodes)
-    keep = (graph.similarities > threshold) & (graph.indices >= 0)
-    src = np.broadcast_to(np.arange(n_rows, dtype=np.int64)[:, None], (n_rows, k))[keep]
-    dst = graph.indices[keep]
+    edges = _as_edges(graph, threshold)
+    n = edges.n_nodes if n_nodes is None else int(n_nodes)
+    keep = edges.similarity > threshold
+    src, dst = edges.src[keep], edges.dst[keep]
     if extra_edges is not None:
         src = np.concatenate([src, np.asarray(extra_edges[0], np.int64)])
         dst = np.concatenate([dst, np.asarray(extra_edges[1], np.int64)])
@@ -257,11 +347,13 @@ def threshold_components(
     return int(n_comp), labels.astype(np.int64)
 
 
-def _rowwise_cosine(x: np.ndarray, a: np.ndarray, y: np.ndarray, b: np.ndarray, chunk: int = 65_536) -> np.ndarray:
-    """``sum(x[a] * y[b], axis=1)`` for unit vectors, chunked to bound memory."""
+def rowwise_cosine(x: EmbeddingSource, a: np.ndarray, y: EmbeddingSource, b: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """Cosine of ``x[a[i]]`` and ``y[b[i]]`` for every ``i``, read in chunks."""
     out = np.empty(a.size, dtype=np.float32)
     for s in range(0, a.size, chunk):
-        out[s : s + chunk] = np.einsum("nd,nd->n", x[a[s : s + chunk]], y[b[s : s + chunk]])
+        xa = x.take(a[s : s + chunk], normalize=True)
+        yb = y.take(b[s : s + chunk], normalize=True)
+        out[s : s + chunk] = np.einsum("nd,nd->n", xa, yb)
     return out
 
 
@@ -277,7 +369,7 @@ class DedupResult(NamedTuple):
             ``matched_index`` is the component's kept representative.
         labels: ``(N,)`` int64 component id of every row.
         n_components: number of components (``== K``).
-        graph: the :class:`KnnGraph` used. Pass it back as ``graph=`` to try other
+        graph: the :class:`SimilarityEdges` (or given :class:`KnnGraph`) used. Pass it back as ``graph=`` to try other
             thresholds without searching again.
     """
 
@@ -285,7 +377,7 @@ class DedupResult(NamedTuple):
     removed: RemovalRecord
     labels: np.ndarray
     n_components: int
-    graph: KnnGraph
+    graph: Union[KnnGraph, "SimilarityEdges"]
 
 
 def _component_keepers(labels: np.ndarray, n_comp: int, priority: Optional[np.ndarray]) -> np.ndarray:
@@ -311,7 +403,7 @@ def deduplicate(
     k: int = DEFAULT_K,
     *,
     priority: Optional[Any] = None,
-    graph: Optional[KnnGraph] = None,
+    graph: Optional[Union[KnnGraph, SimilarityEdges]] = None,
     index: Optional[EmbeddingIndex] = None,
     index_type: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -321,7 +413,7 @@ def deduplicate(
 ) -> DedupResult:
     """Self-deduplication: keep one item per near-duplicate component.
 
-    Builds the cosine k-NN graph (``k = 64``), keeps the edges with similarity
+    Searches the cosine k-NN graph (``k = 64``), keeps the edges with similarity
     ``> threshold`` (0.6 in DINOv2), takes connected components, and keeps one
     representative per component.
 
@@ -335,28 +427,32 @@ def deduplicate(
     ``"duplicate_chain"`` instead of ``"duplicate"``.
 
     Args:
-        embeddings: ``(N, d)`` array (a copy-detection embedding such as SSCD in the paper).
+        embeddings: ``(N, d)`` array or :class:`~curation.store.EmbeddingSource` (a
+            copy-detection embedding such as SSCD in the paper).
         threshold: cosine threshold, strict ``>``.
         k: neighbours per item. Items with more than ``k`` near-copies are still
             grouped, through their neighbours' lists.
         priority: optional ``(N,)`` real scores; higher is kept.
-        graph: a precomputed :class:`KnnGraph` for these embeddings (skips search).
+        graph: precomputed :class:`KnnGraph` or :class:`SimilarityEdges` for these
+            embeddings (skips the search; e.g. to sweep thresholds).
         index, index_type, batch_size, progress, seed, **index_kwargs: see :func:`knn_graph`.
 
     Returns:
-        :class:`DedupResult`.
+        :class:`DedupResult`; ``graph`` holds the edges above ``threshold``.
     """
-    x = l2_normalize(embeddings)
-    n = x.shape[0]
+    src = check_source(embeddings)
+    n = src.n
+    if not -1.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be a cosine similarity in [-1, 1]; received {threshold}.")
     if priority is not None:
         priority = np.asarray(priority, dtype=np.float64)
         if priority.shape != (n,) or not np.isfinite(priority).all():
             raise ValueError(f"priority must be a finite array of shape ({n},); received shape {priority.shape}.")
     if graph is None:
-        graph = knn_graph(x, k, index=index, index_type=index_type, normalize=False,
-                          batch_size=batch_size, progress=progress, seed=seed, **index_kwargs)
-    elif graph.indices.shape[0] != n:
-        raise ValueError(f"graph must have {n} rows (one per embedding); received {graph.indices.shape[0]}.")
+        graph = knn_edges(src, k, threshold, index=index, index_type=index_type, batch_size=batch_size,
+                          progress=progress, seed=seed, **index_kwargs)
+    elif (graph.n_nodes if isinstance(graph, SimilarityEdges) else graph.indices.shape[0]) != n:
+        raise ValueError(f"graph must have {n} nodes (one per embedding).")
 
     n_comp, labels = threshold_components(graph, threshold)
     keeper = _component_keepers(labels, n_comp, priority)
@@ -365,11 +461,11 @@ def deduplicate(
     kept = np.flatnonzero(is_kept).astype(np.int64)
     rem = np.flatnonzero(~is_kept).astype(np.int64)
     matched = keeper[labels[rem]]
-    sim = _rowwise_cosine(x, rem, x, matched)
+    sim = rowwise_cosine(src, rem, src, matched)
     reason = np.where(sim > threshold, REASON_DUPLICATE, REASON_DUPLICATE_CHAIN).astype("<U16")
     removed = RemovalRecord(rem, reason, matched, sim)
-    logger.info("dedup: %d -> %d items (%d components, threshold %.3f, k=%d)", n, kept.size, n_comp, threshold,
-                graph.indices.shape[1])
+    k_used = graph.k if isinstance(graph, SimilarityEdges) else graph.indices.shape[1]
+    logger.info("dedup: %d -> %d items (%d components, threshold %.3f, k=%d)", n, kept.size, n_comp, threshold, k_used)
     check_partition(n, kept, removed)
     return DedupResult(kept, removed, labels, n_comp, graph)
 
@@ -396,6 +492,28 @@ class DecontaminationResult(NamedTuple):
     n_contaminated_components: int
 
 
+def _cross_edges(
+    queries: EmbeddingSource, index: EmbeddingIndex, k: int, threshold: float, *, batch_size: int, query_block: int,
+    progress: bool, desc: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``k`` search of ``queries`` in ``index``: ``(src, dst)`` of edges above ``threshold`` and the nearest hit."""
+    src_parts, dst_parts = [], []
+    near_sim = np.full(queries.n, -np.inf, dtype=np.float32)
+    near_idx = np.full(queries.n, -1, dtype=np.int64)
+    bar = tqdm(total=queries.n, desc=desc, unit="item", disable=not progress)
+    for start, block in queries.batches(query_block, normalize=True):
+        res = index.search(block, k, normalize=False, batch_size=batch_size, progress=False)
+        near_sim[start : start + block.shape[0]] = res.similarities[:, 0]
+        near_idx[start : start + block.shape[0]] = res.indices[:, 0]
+        rows, cols = np.nonzero((res.similarities > threshold) & (res.indices >= 0))
+        src_parts.append(start + rows.astype(np.int64))
+        dst_parts.append(res.indices[rows, cols])
+        bar.update(block.shape[0])
+    bar.close()
+    cat = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)  # noqa: E731
+    return cat(src_parts), cat(dst_parts), near_sim, near_idx
+
+
 def decontaminate(
     pool: Any,
     eval_embeddings: Any,
@@ -403,8 +521,11 @@ def decontaminate(
     k: int = DEFAULT_K,
     *,
     whole_components: bool = True,
+    pool_graph: Optional[Union[KnnGraph, SimilarityEdges]] = None,
+    pool_index: Optional[EmbeddingIndex] = None,
     index_type: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    query_block: int = QUERY_BLOCK,
     progress: bool = True,
     seed: int = 0,
     **index_kwargs: Any,
@@ -417,46 +538,58 @@ def decontaminate(
        of the pool against an index over the eval set. Any pool item with cosine
        ``> threshold`` to an eval item is removed (``"eval_match"``). This holds
        even when dense pool duplicates push the eval item out of its top-``k``.
-    2. **Components** (``whole_components=True``, as in the paper). The joint k-NN
-       graph over ``pool + eval`` is thresholded and its connected components are
-       found. Every pool item in a component that holds an eval item is removed
-       (``"eval_component"`` when it is not itself a direct match).
+    2. **Components** (``whole_components=True``, as in the paper). The k-NN graph
+       over ``pool + eval`` is thresholded and its connected components are found.
+       Its edges are the pool's own k-NN edges, the ``k`` nearest eval items of every
+       pool item and the ``k`` nearest pool items of every eval item. Every pool item
+       in a component that holds an eval item is removed (``"eval_component"`` when it
+       is not itself a direct match).
 
     Args:
-        pool: ``(N_pool, d)`` candidate training embeddings.
+        pool: ``(N_pool, d)`` candidate training embeddings (array or source).
         eval_embeddings: ``(N_eval, d)`` embeddings of the evaluation splits (train
             and test, per the paper).
         threshold: cosine threshold, strict ``>`` (0.45 in DINOv2).
-        k: neighbours per item in the joint graph.
+        k: neighbours per item.
         whole_components: drop whole components (paper) or only direct matches.
-        index_type, batch_size, progress, seed, **index_kwargs: see :func:`knn_graph`.
+        pool_graph: the pool's own k-NN graph or edges (e.g. from de-duplication, kept
+            above a similarity ``<= threshold``); searched here when absent.
+        pool_index: an index over the pool, reused for the searches.
+        index_type, batch_size, query_block, progress, seed, **index_kwargs: see :func:`knn_graph`.
 
     Returns:
         :class:`DecontaminationResult`. Pool rows only are kept or removed; eval
         rows are never part of the output.
     """
-    p = l2_normalize(pool, name="pool")
-    e = l2_normalize(eval_embeddings, name="eval_embeddings")
-    if p.shape[1] != e.shape[1]:
-        raise ValueError(f"pool and eval_embeddings must share d: expected d={p.shape[1]}, received d={e.shape[1]}.")
-    n_pool, n_eval = p.shape[0], e.shape[0]
+    p = check_source(pool, "pool")
+    e = check_source(eval_embeddings, "eval_embeddings")
+    if p.dim != e.dim:
+        raise ValueError(f"pool and eval_embeddings must share d: expected d={p.dim}, received d={e.dim}.")
+    if not -1.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be a cosine similarity in [-1, 1]; received {threshold}.")
+    n_pool, n_eval = p.n, e.n
 
-    # 1) nearest eval item for every pool item (bounded: N_pool results).
-    eval_index = build_index(e, index_type, normalize=False, seed=seed, progress=progress, **index_kwargs)
-    nearest = eval_index.search(p, 1, normalize=False, batch_size=batch_size, progress=progress)
-    near_sim, near_idx = nearest.similarities[:, 0], nearest.indices[:, 0]
+    eval_index = build_index(e, index_type, seed=seed, progress=progress, **index_kwargs)
+    k_eval = min(k, n_eval)
+    pe_src, pe_dst, near_sim, near_idx = _cross_edges(p, eval_index, k_eval, threshold, batch_size=batch_size,
+                                                      query_block=query_block, progress=progress,
+                                                      desc="pool -> eval search")
     direct = (near_sim > threshold) & (near_idx >= 0)
 
     labels = np.full(n_pool + n_eval, -1, dtype=np.int64)
     n_contaminated = 0
     if whole_components:
-        joint = np.concatenate([p, e])  # (N_pool + N_eval, d); eval rows start at n_pool
-        k_joint = check_k(k, joint.shape[0] - 1, what="k", of="the number of other items (N_pool + N_eval - 1)")
-        graph = knn_graph(joint, k_joint, index_type=index_type, normalize=False, batch_size=batch_size,
-                          progress=progress, seed=seed, **index_kwargs)
-        del joint
-        src = np.flatnonzero(direct)
-        _, labels = threshold_components(graph, threshold, extra_edges=(src, n_pool + near_idx[src]))
+        if pool_index is None:
+            pool_index = build_index(p, index_type, seed=seed, progress=progress, **index_kwargs)
+        if pool_graph is None:
+            pool_graph = (knn_edges(p, min(k, n_pool - 1), threshold, index=pool_index, batch_size=batch_size,
+                                    query_block=query_block, progress=progress)
+                          if n_pool > 1 else SimilarityEdges(*(np.empty(0, np.int64),) * 2, np.empty(0, np.float32),
+                                                             n_pool, 0, threshold))
+        ep_src, ep_dst, _, _ = _cross_edges(e, pool_index, min(k, n_pool), threshold, batch_size=batch_size,
+                                            query_block=query_block, progress=progress, desc="eval -> pool search")
+        extra = (np.concatenate([pe_src, n_pool + ep_src]), np.concatenate([n_pool + pe_dst, ep_dst]))
+        _, labels = threshold_components(pool_graph, threshold, n_nodes=n_pool + n_eval, extra_edges=extra)
         has_eval = np.zeros(labels.max() + 1, dtype=bool)
         has_eval[labels[n_pool:]] = True
         contaminated = has_eval[labels[:n_pool]]

@@ -28,6 +28,8 @@ from typing import Any, NamedTuple, Optional, Union
 import numpy as np
 from tqdm.auto import tqdm
 
+from .store import check_finite, check_source, normalize_block
+
 logger = logging.getLogger(__name__)
 
 #: Sets up to this size get an exact ``IndexFlatIP`` when ``index_type="auto"``.
@@ -171,17 +173,19 @@ def l2_normalize(x: Any, *, name: str = "embeddings", chunk_size: int = 65_536) 
             direction, so their cosine similarity is undefined).
     """
     arr = check_embeddings(x, name)
-    out = np.array(arr, dtype=np.float32, order="C", copy=True)
-    for start in range(0, out.shape[0], chunk_size):
-        block = out[start : start + chunk_size]  # view, normalised in place
-        norms = np.linalg.norm(block, axis=1)
-        zero = np.flatnonzero(norms == 0)
-        if zero.size:
-            raise ValueError(
-                f"{name} cannot be L2-normalised: {zero.size} row(s) have zero norm in this "
-                f"block, first rows {(start + zero[:5]).tolist()}."
-            )
-        block /= norms[:, None]
+    out = np.empty(arr.shape, dtype=np.float32)
+    for start in range(0, arr.shape[0], chunk_size):
+        out[start : start + chunk_size] = normalize_block(arr[start : start + chunk_size], name=name, offset=start)
+    return out
+
+
+def prepare_block(block: np.ndarray, *, normalize: bool, name: str = "embeddings", offset: int = 0) -> np.ndarray:
+    """A float32 block ready for faiss: L2-normalised (``normalize=True``) or checked to be finite and unit-norm."""
+    if normalize:
+        return normalize_block(block, name=name, offset=offset)
+    out = np.ascontiguousarray(block, dtype=np.float32)
+    check_finite(out, name=name, offset=offset)
+    _check_unit_norm(out, name)
     return out
 
 
@@ -556,10 +560,8 @@ def build_index(
         An :class:`EmbeddingIndex` with all ``n`` vectors added; ids are row numbers.
     """
     faiss = import_faiss()
-    x = l2_normalize(embeddings) if normalize else check_embeddings(embeddings)
-    if not normalize:
-        _check_unit_norm(x, "embeddings")
-    n, d = x.shape
+    src = check_source(embeddings)
+    n, d = src.shape
     kind = resolve_index_type(index_type, n, flat_max_size=flat_max_size)
     ordinal = _parse_device(device)
     if ordinal is not None and kind == "hnsw":
@@ -583,7 +585,10 @@ def build_index(
             raise ValueError(f"nprobe must be in [1, nlist={used_nlist}]; received {used_nprobe}.")
         if quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {QUANTIZERS}; received {quantizer!r}.")
-        use_hnsw = quantizer == "hnsw" or (quantizer == "auto" and used_nlist > HNSW_QUANTIZER_MIN_NLIST)
+        # GPU IVF needs a flat coarse quantizer, so "auto" only picks HNSW on CPU.
+        use_hnsw = quantizer == "hnsw" or (
+            quantizer == "auto" and used_nlist > HNSW_QUANTIZER_MIN_NLIST and ordinal is None
+        )
         if use_hnsw and ordinal is not None:
             raise ValueError("quantizer='hnsw' is CPU only; use quantizer='flat' on GPU.")
         if use_hnsw:
@@ -607,16 +612,22 @@ def build_index(
         if not used_nlist <= n_train <= n:
             raise ValueError(f"train_size must be in [nlist={used_nlist}, n={n}]; received {n_train}.")
         rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(n, size=n_train, replace=False)) if n_train < n else slice(None)
+        sample = np.sort(rng.choice(n, size=n_train, replace=False)) if n_train < n else None
         logger.info("training IVF%d on %d of %d vectors", used_nlist, n_train, n)
         if clustering_index is not None:
             index.clustering_index = clustering_index  # kept alive by the local variable
-        index.train(np.ascontiguousarray(x[sample]))
+        rows = sample if n_train < n else np.arange(n)
+        index.train(prepare_block(src.take(rows), normalize=normalize, name="embeddings"))
         if clustering_index is not None:
             index.clustering_index = None  # do not keep a pointer to a Python-owned object
 
-    for start in tqdm(range(0, n, batch_size), desc=f"faiss {kind} add", unit="batch", disable=not progress):
-        index.add(x[start : start + batch_size])
+    bar = tqdm(total=n, desc=f"faiss {kind} add", unit="vec", disable=not progress)
+    for start, block in src.batches(batch_size, normalize=normalize):
+        if not normalize:
+            block = prepare_block(block, normalize=False, name="embeddings", offset=start)
+        index.add(block)
+        bar.update(block.shape[0])
+    bar.close()
 
     return EmbeddingIndex(index, index_type=kind, dim=d, nlist=used_nlist, nprobe=used_nprobe,
                           ef_search=used_ef, device=ordinal)

@@ -37,8 +37,9 @@ from typing import Any, NamedTuple, Optional, Sequence, Union
 import numpy as np
 from tqdm.auto import tqdm
 
-from .index import check_embeddings, import_faiss
+from .index import _parse_device, check_embeddings, import_faiss
 from .sampling import cluster_balance_stats
+from .store import EmbeddingSource, check_source
 
 logger = logging.getLogger(__name__)
 
@@ -104,23 +105,28 @@ def _derive_seed(seed: int, *path: int) -> int:
     return int(np.random.default_rng([int(seed), *path]).integers(0, 2**31 - 1))
 
 
-def assign_to_centroids(x: Any, centroids: Any, *, batch_size: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid (squared L2) of every row of ``x``, computed in batches.
+def assign_to_centroids(
+    x: Any, centroids: Any, *, batch_size: int = 65_536, device: Union[str, int, None] = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid (squared L2) of every row of ``x`` (array or source), read in batches.
 
     Returns:
         ``(assignments (n,) int64, distances (n,) float32)``.
     """
     faiss = import_faiss()
     c = check_embeddings(centroids, "centroids")
-    xs = check_embeddings(x, "x", dim=c.shape[1])
+    xs = check_source(x, "x", dim=c.shape[1], min_rows=0)
     index = faiss.IndexFlatL2(c.shape[1])
+    ordinal = _parse_device(device)
+    if ordinal is not None:  # pragma: no cover - needs a GPU
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), ordinal, index)
     index.add(c)
-    assign = np.empty(xs.shape[0], dtype=np.int64)
-    dist = np.empty(xs.shape[0], dtype=np.float32)
-    for s in range(0, xs.shape[0], batch_size):
-        d_blk, i_blk = index.search(xs[s : s + batch_size], 1)
-        assign[s : s + batch_size] = i_blk[:, 0]
-        dist[s : s + batch_size] = d_blk[:, 0]
+    assign = np.empty(xs.n, dtype=np.int64)
+    dist = np.empty(xs.n, dtype=np.float32)
+    for s, block in xs.batches(batch_size):
+        d_blk, i_blk = index.search(check_embeddings(block, "x"), 1)
+        assign[s : s + block.shape[0]] = i_blk[:, 0]
+        dist[s : s + block.shape[0]] = d_blk[:, 0]
     return assign, dist
 
 
@@ -135,6 +141,7 @@ def kmeans(
     max_points_per_centroid: Optional[int] = None,
     n_redo: int = 1,
     verbose: bool = False,
+    device: Union[str, int, None] = "cpu",
 ) -> KMeansResult:
     """Flat k-means with ``faiss.Kmeans``, followed by an assignment of every row.
 
@@ -151,12 +158,17 @@ def kmeans(
             subsampling for speed.
         n_redo: restarts; the best objective is kept.
         verbose: faiss verbose output.
+        device: ``"cpu"``, ``"auto"`` (a GPU when faiss sees one) or a GPU ordinal.
+
+    ``x`` may be an :class:`~curation.store.EmbeddingSource`: only the training sample
+    (``k * max_points_per_centroid`` rows, seeded) is loaded, and the final assignment
+    reads the rows in blocks.
 
     Returns:
         :class:`KMeansResult`.
     """
     faiss = import_faiss()
-    xs = check_embeddings(x, "x")
+    xs = check_source(x, "x")
     n, d = xs.shape
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)) or n_clusters < 1:
         raise ValueError(f"n_clusters must be a positive integer; received {n_clusters!r}.")
@@ -180,14 +192,24 @@ def kmeans(
         min_points_per_centroid=1,
         max_points_per_centroid=int(max_points_per_centroid) if max_points_per_centroid else n // n_clusters + 1,
     )
+    ordinal = _parse_device(device)
+    if ordinal is not None:  # pragma: no cover - needs a GPU
+        kwargs["gpu"] = True
     if hasattr(faiss, init_attr):
         kwargs["init_method"] = getattr(faiss, init_attr)
     elif init != "random":
         raise ValueError(f"init={init!r} needs faiss >= 1.14; installed faiss {faiss.__version__} only has 'random'.")
     km = faiss.Kmeans(d, int(n_clusters), **kwargs)
-    km.train(xs)
+    n_train = n if not max_points_per_centroid else min(n, int(max_points_per_centroid) * int(n_clusters))
+    if n_train < n:  # sample here, so that only the sample is read from the source
+        rows = np.sort(np.random.default_rng(int(seed)).choice(n, size=n_train, replace=False))
+        train_x = check_embeddings(xs.take(rows), "x")
+    else:
+        train_x = check_embeddings(xs.to_numpy(), "x")
+    km.train(train_x)
+    del train_x
     centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
-    assign, dist = assign_to_centroids(xs, centroids)
+    assign, dist = assign_to_centroids(xs, centroids, device=device)
     return KMeansResult(centroids, assign, dist, float(dist.sum(dtype=np.float64)))
 
 
@@ -249,6 +271,7 @@ def hierarchical_kmeans(
     seed: int = 0,
     max_points_per_centroid: Optional[int] = None,
     progress: bool = True,
+    device: Union[str, int, None] = "cpu",
 ) -> HierarchicalKMeansResult:
     """Bottom-up hierarchical k-means with resampling-clustering at each level.
 
@@ -268,13 +291,17 @@ def hierarchical_kmeans(
         seed: master seed. Every (level, step) run gets a seed derived from it.
         max_points_per_centroid: see :func:`kmeans`.
         progress: tqdm bar over k-means runs.
+        device: faiss device for every run (see :func:`kmeans`).
+
+    ``x`` may be an :class:`~curation.store.EmbeddingSource`: level 0 then reads the
+    training samples and the reassignments block by block.
 
     Returns:
         :class:`HierarchicalKMeansResult`. Balance statistics for each level are
         logged at INFO level.
     """
-    xs = check_embeddings(x, "x")
-    n = xs.shape[0]
+    xs = check_source(x, "x")
+    n = xs.n
     ks = [n_clusters] if isinstance(n_clusters, (int, np.integer)) else list(n_clusters)
     if not ks:
         raise ValueError("n_clusters must list at least one level; received an empty sequence.")
@@ -302,16 +329,16 @@ def hierarchical_kmeans(
     total_runs = sum(1 + m for m in steps)
     bar = tqdm(total=total_runs, desc="hierarchical k-means", unit="run", disable=not progress)
     levels: list[KMeansLevel] = []
-    inputs = xs
+    inputs: EmbeddingSource = xs
     data_assign_prev: Optional[np.ndarray] = None
     for lvl, (k, m, r) in enumerate(zip(ks, steps, sizes_r)):
-        n_in = inputs.shape[0]
+        n_in = inputs.n
         if k > n_in:
             raise ValueError(
                 f"level {lvl}: n_clusters={k} exceeds the {n_in} non-empty clusters of level {lvl - 1}."
             )
         res = kmeans(inputs, k, n_iter=n_iter, init=init, seed=_derive_seed(seed, lvl, 0),
-                     max_points_per_centroid=max_points_per_centroid)
+                     max_points_per_centroid=max_points_per_centroid, device=device)
         bar.update(1)
         centroids, assign, dist = res.centroids, res.assignments, res.distances
         r_eff = int(r) if r is not None else max(1, int(round(n_in / k / 2)))
@@ -324,9 +351,9 @@ def hierarchical_kmeans(
                                subset.size, k)
                 bar.update(int(m) - step + 1)
                 break
-            centroids = kmeans(inputs[subset], k, n_iter=n_iter, init=init, seed=_derive_seed(seed, lvl, step),
-                               max_points_per_centroid=max_points_per_centroid).centroids
-            assign, dist = assign_to_centroids(inputs, centroids)  # reassign *all* inputs
+            centroids = kmeans(inputs.take(subset), k, n_iter=n_iter, init=init, seed=_derive_seed(seed, lvl, step),
+                               max_points_per_centroid=max_points_per_centroid, device=device).centroids
+            assign, dist = assign_to_centroids(inputs, centroids, device=device)  # reassign *all* inputs
             steps_done += 1
             bar.update(1)
 
@@ -348,6 +375,6 @@ def hierarchical_kmeans(
             lvl, centroids.shape[0], steps_done, r_eff, resampling_strategy, stats.normalized_entropy, stats.gini,
             stats.smallest, stats.largest,
         )
-        inputs, data_assign_prev = centroids, data_assign
+        inputs, data_assign_prev = check_source(centroids, "centroids"), data_assign
     bar.close()
     return HierarchicalKMeansResult(tuple(levels), n)

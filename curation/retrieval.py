@@ -26,9 +26,10 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-from .index import DEFAULT_BATCH_SIZE, EmbeddingIndex, build_index, check_k, l2_normalize
+from .index import DEFAULT_BATCH_SIZE, EmbeddingIndex, build_index, check_k
 from .kmeans import assign_to_centroids, kmeans
 from .sampling import water_fill
+from .store import check_source
 
 logger = logging.getLogger(__name__)
 
@@ -97,17 +98,21 @@ def sample_based_retrieval(
     Returns:
         :class:`SampleRetrievalResult`.
     """
-    p = l2_normalize(pool, name="pool")
-    s = l2_normalize(seeds, name="seeds")
-    if s.shape[1] != p.shape[1]:
-        raise ValueError(f"seeds must have the pool's dimension: expected d={p.shape[1]}, received d={s.shape[1]}.")
-    n_neighbors = check_k(n_neighbors, p.shape[0], what="n_neighbors", of="the pool size")
+    p = check_source(pool, "pool")
+    s = check_source(seeds, "seeds")
+    if s.dim != p.dim:
+        raise ValueError(f"seeds must have the pool's dimension: expected d={p.dim}, received d={s.dim}.")
+    n_neighbors = check_k(n_neighbors, p.n, what="n_neighbors", of="the pool size")
     if index is None:
-        index = build_index(p, index_type, normalize=False, seed=seed, progress=progress, **index_kwargs)
-    elif index.ntotal != p.shape[0]:
-        raise ValueError(f"index must hold the {p.shape[0]} pool embeddings; received ntotal={index.ntotal}.")
-    res = index.search(s, n_neighbors, normalize=False, batch_size=batch_size, progress=progress)
-    neighbors, sims = res.indices.copy(), res.similarities
+        index = build_index(p, index_type, seed=seed, progress=progress, **index_kwargs)
+    elif index.ntotal != p.n:
+        raise ValueError(f"index must hold the {p.n} pool embeddings; received ntotal={index.ntotal}.")
+    neighbors = np.empty((s.n, n_neighbors), dtype=np.int64)
+    sims = np.empty((s.n, n_neighbors), dtype=np.float32)
+    for start, block in s.batches(normalize=True):
+        res = index.search(block, n_neighbors, normalize=False, batch_size=batch_size, progress=progress)
+        neighbors[start : start + block.shape[0]] = res.indices
+        sims[start : start + block.shape[0]] = res.similarities
     if min_similarity is not None:
         neighbors[sims <= min_similarity] = -1
     valid = neighbors[neighbors >= 0]
@@ -123,7 +128,7 @@ def sample_based_retrieval(
         n_collisions=n_nominal - n_unique,
         n_collided_items=int((counts > 1).sum()),
     )
-    logger.info("sample-based retrieval: %d seeds x %d -> %d nominal, %d unique (%d collisions)", s.shape[0],
+    logger.info("sample-based retrieval: %d seeds x %d -> %d nominal, %d unique (%d collisions)", s.n,
                 n_neighbors, n_nominal, n_unique, n_nominal - n_unique)
     return result
 
@@ -162,6 +167,8 @@ def cluster_based_retrieval(
     centroids: Optional[Any] = None,
     pool_assignments: Optional[Any] = None,
     n_iter: int = 20,
+    max_points_per_centroid: Optional[int] = None,
+    device: Any = "cpu",
     seed: int = 0,
 ) -> ClusterRetrievalResult:
     """Retrieve pool images from the k-means clusters where the seed set is dense.
@@ -180,6 +187,8 @@ def cluster_based_retrieval(
             ``"closest"`` to the centroid. The paper does not say.
         centroids, pool_assignments: a precomputed pool clustering (both or neither).
         n_iter: k-means iterations when clustering here.
+        max_points_per_centroid: k-means training sample per centroid (``None``: all rows).
+        device: faiss device for the k-means (``"cpu"``, ``"auto"``, GPU ordinal).
         seed: k-means and selection seed.
 
     Returns:
@@ -192,30 +201,36 @@ def cluster_based_retrieval(
             f"expected min_seeds >= 0, per_cluster >= 1, max_total >= 0 or None; received "
             f"min_seeds={min_seeds}, per_cluster={per_cluster}, max_total={max_total}."
         )
-    p = l2_normalize(pool, name="pool")
-    s = l2_normalize(seeds, name="seeds")
-    if s.shape[1] != p.shape[1]:
-        raise ValueError(f"seeds must have the pool's dimension: expected d={p.shape[1]}, received d={s.shape[1]}.")
+    p = check_source(pool, "pool").normalized()
+    s = check_source(seeds, "seeds").normalized()
+    if s.dim != p.dim:
+        raise ValueError(f"seeds must have the pool's dimension: expected d={p.dim}, received d={s.dim}.")
     if (centroids is None) != (pool_assignments is None):
         raise ValueError("pass both centroids and pool_assignments, or neither.")
     if centroids is None:
         if n_clusters is None:
             raise ValueError("n_clusters is required when no precomputed clustering is given.")
-        km = kmeans(p, n_clusters, n_iter=n_iter, seed=seed)
+        km = kmeans(p, n_clusters, n_iter=n_iter, seed=seed, max_points_per_centroid=max_points_per_centroid,
+                    device=device)
         cents, assign, dist = km.centroids, km.assignments, km.distances
     else:
         cents = np.ascontiguousarray(centroids, dtype=np.float32)
-        if cents.ndim != 2 or cents.shape[1] != p.shape[1]:
-            raise ValueError(f"centroids must have shape (k, {p.shape[1]}); received {cents.shape}.")
+        if cents.ndim != 2 or cents.shape[1] != p.dim:
+            raise ValueError(f"centroids must have shape (k, {p.dim}); received {cents.shape}.")
         assign = np.asarray(pool_assignments, dtype=np.int64)
-        if assign.shape != (p.shape[0],) or assign.min() < 0 or assign.max() >= cents.shape[0]:
+        if assign.shape != (p.n,) or assign.min() < 0 or assign.max() >= cents.shape[0]:
             raise ValueError(
-                f"pool_assignments must have shape ({p.shape[0]},) with values in [0, {cents.shape[0]}); received "
+                f"pool_assignments must have shape ({p.n},) with values in [0, {cents.shape[0]}); received "
                 f"shape {assign.shape}."
             )
-        dist = ((p - cents[assign]) ** 2).sum(axis=1) if selection == "closest" else None
+        dist = None
+        if selection == "closest":
+            dist = np.empty(p.n, dtype=np.float32)
+            for start, block in p.batches():
+                a = assign[start : start + block.shape[0]]
+                dist[start : start + block.shape[0]] = ((block - cents[a]) ** 2).sum(axis=1)
     k = cents.shape[0]
-    seed_assign, _ = assign_to_centroids(s, cents)
+    seed_assign, _ = assign_to_centroids(s, cents, device=device)
     seed_counts = np.bincount(seed_assign, minlength=k).astype(np.int64)
     sizes = np.bincount(assign, minlength=k).astype(np.int64)
     selected = np.flatnonzero(seed_counts > min_seeds).astype(np.int64)
@@ -227,7 +242,7 @@ def cluster_based_retrieval(
     # Rank rows within each cluster by the selection key and keep rank < quota.
     quota = np.zeros(k, dtype=np.int64)
     quota[selected] = take
-    n = p.shape[0]
+    n = p.n
     key = dist if selection == "closest" else rng.random(n)
     order = np.lexsort((np.arange(n), key, assign))
     sorted_assign = assign[order]

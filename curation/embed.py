@@ -1,0 +1,474 @@
+"""Image embeddings with a DINOv2 (or any transformers / TorchScript) model, written in resumable Arrow shards.
+
+:func:`embed_images` runs the model over an :class:`~curation.inputs.ImageSet` in batches (bf16 autocast
+on CPUs that support it), and writes every ``shard_size`` input rows as one Arrow file
+``shards/shard-00000.arrow`` with columns ``row`` (input row) and ``embedding``
+(``fixed_size_list<float16|float32>[d]``). A shard is written to a temporary name and renamed when
+complete, so a killed run leaves only whole shards behind, and the next call computes only the missing
+ones. Images that cannot be decoded are listed with the reason in ``shard-00000.failures.json`` (written
+before the shard is renamed) and never get an embedding.
+
+The directory also holds ``embedding_meta.json``: the model, pooling, preprocessing, storage dtype and a
+fingerprint of the input. Resuming with different settings raises an error instead of mixing
+embeddings from two models.
+
+Pooling: ``"cls"`` is ``pooler_output`` (the final-normed CLS token, what DINOv2's k-NN evaluation
+uses), ``"mean"`` the mean of the normed patch tokens, ``"cls+mean"`` their concatenation (DINOv2's
+linear-probe feature).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, Union
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .inputs import ImageSet, decode_image
+from .store import ArrowEmbeddings
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("cls", "mean", "cls+mean")
+STORAGE_DTYPES = ("float16", "float32")
+PRECISIONS = ("auto", "bfloat16", "float16", "float32")
+META_FILE = "embedding_meta.json"
+SHARD_DIR = "shards"
+
+# DINOv2's evaluation transform (resize the short side to 256, centre-crop 224, ImageNet statistics).
+DEFAULT_RESIZE, DEFAULT_CROP = 256, 224
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the short side to ``resize`` (bicubic, antialiased), centre-crop ``crop``, normalise."""
+
+    resize: int = DEFAULT_RESIZE
+    crop: int = DEFAULT_CROP
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+    @classmethod
+    def for_image_size(cls, image_size: int, **kwargs) -> "Preprocessing":
+        """DINOv2's 256/224 ratio at another crop size."""
+        return cls(resize=int(round(image_size * DEFAULT_RESIZE / DEFAULT_CROP)), crop=int(image_size), **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path: Union[str, os.PathLike]) -> Optional["Preprocessing"]:
+        """Read ``preprocessor_config.json`` of a checkpoint folder (``None`` when there is none)."""
+        file = Path(path) / "preprocessor_config.json"
+        if not file.is_file():
+            return None
+        cfg = json.loads(file.read_text())
+        size = cfg.get("size", {})
+        resize = size.get("shortest_edge") or size.get("height") or DEFAULT_RESIZE
+        crop_size = cfg.get("crop_size", {}) if cfg.get("do_center_crop", True) else {}
+        crop = crop_size.get("height") or resize
+        return cls(int(resize), int(crop), tuple(cfg.get("image_mean", IMAGENET_MEAN)),
+                   tuple(cfg.get("image_std", IMAGENET_STD)))
+
+    def transform(self):
+        import torch
+        from torchvision.transforms import v2
+
+        return v2.Compose([
+            v2.ToImage(),
+            v2.Resize(self.resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(self.crop),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(self.mean), list(self.std)),
+        ])
+
+
+class LoadedModel(NamedTuple):
+    """A model ready to embed: the module, a name for the metadata, its preprocessing and patch size."""
+
+    module: Any
+    name: str
+    preprocessing: Preprocessing
+    patch_size: Optional[int]
+    num_prefix_tokens: int
+
+
+def _weights_fingerprint(module) -> str:
+    """A short hash of the weights, so that resuming with other weights is caught."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        values = tensor.detach().cpu()
+        values = values.float() if values.dtype == torch.bfloat16 else values
+        digest.update(values.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_model(model: Any, *, image_size: Optional[int] = None) -> LoadedModel:
+    """Load the embedding model.
+
+    Args:
+        model: a checkpoint folder or Hub id of a ``modeling_dinov2`` or stock transformers model
+            (``AutoModel.from_pretrained``), a TorchScript file (``.pt``/``.torchscript``, e.g. an SSCD
+            copy-detection model, which must map ``(B, 3, H, W)`` to ``(B, D)``), or a ``torch.nn.Module``
+            returning either a tensor or a transformers output with ``pooler_output``.
+        image_size: crop size; default the checkpoint's ``preprocessor_config.json`` or DINOv2's 224.
+    """
+    import torch
+
+    import modeling_dinov2  # noqa: F401  (registers the dinov2_ssl model type with AutoModel)
+
+    preprocessing = None
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if os.path.isfile(path) and path.endswith((".pt", ".pth", ".torchscript", ".jit")):
+            module = torch.jit.load(path, map_location="cpu")
+            name = f"torchscript:{os.path.abspath(path)}"
+        else:
+            from transformers import AutoModel
+
+            module = AutoModel.from_pretrained(path)
+            name = path if not os.path.isdir(path) else os.path.abspath(path)
+            if os.path.isdir(path):
+                preprocessing = Preprocessing.from_pretrained(path)
+        name = f"{name}@{_weights_fingerprint(module)}"
+    elif isinstance(model, torch.nn.Module):
+        module = model
+        name = f"{type(model).__name__}@{_weights_fingerprint(model)}"
+    else:
+        raise TypeError(f"model must be a checkpoint path, a Hub id, a TorchScript file or a torch.nn.Module; "
+                        f"received {type(model).__name__}.")
+    config = getattr(module, "config", None)
+    patch_size = getattr(config, "patch_size", None)
+    prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0) if config is not None else 1
+    if image_size is not None:
+        preprocessing = Preprocessing.for_image_size(int(image_size))
+    preprocessing = preprocessing or Preprocessing()
+    if patch_size and preprocessing.crop % int(patch_size):
+        raise ValueError(f"image_size/crop {preprocessing.crop} must be a multiple of the model's patch size {patch_size}.")
+    return LoadedModel(module.eval(), name, preprocessing, patch_size, prefix)
+
+
+def pool_output(output: Any, pooling: str, num_prefix_tokens: int):
+    """Image features from a model output: a tensor is used as it is; otherwise CLS / mean of patches."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        if output.ndim != 2:
+            raise ValueError(f"a model that returns a tensor must return (B, D); received shape {tuple(output.shape)}.")
+        return output
+    cls = getattr(output, "pooler_output", None)
+    patches = getattr(output, "patch_tokens", None)
+    if patches is None and getattr(output, "last_hidden_state", None) is not None:
+        patches = output.last_hidden_state[:, num_prefix_tokens:]
+    if cls is None and getattr(output, "last_hidden_state", None) is not None:
+        cls = output.last_hidden_state[:, 0]
+    if pooling == "cls":
+        return cls
+    if pooling == "mean":
+        return patches.mean(dim=1)
+    return torch.cat([cls, patches.mean(dim=1)], dim=1)
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    import torch
+
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(torch.cpu, probe, None)
+        if fn is not None and fn():
+            return True
+    return False
+
+
+def resolve_device_and_precision(device: str, precision: str) -> tuple[str, Optional[Any]]:
+    """``("cpu" | "cuda[:N]", autocast dtype or None)``; ``auto`` picks CUDA when present and bf16 when fast."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; received {precision!r}.")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but torch sees no CUDA device.")
+    if precision == "float32":
+        return device, None
+    if precision == "auto":
+        if device.startswith("cuda"):
+            return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return device, torch.bfloat16 if cpu_supports_bf16() else None
+    return device, getattr(torch, precision)
+
+
+@dataclass
+class EmbeddingSettings:
+    """What an embedding directory was made with (written to ``embedding_meta.json``)."""
+
+    model: str
+    pooling: str
+    storage_dtype: str
+    preprocessing: dict
+    n_rows: int
+    shard_size: int
+    input_fingerprint: str
+    dim: Optional[int] = None
+
+
+class EmbeddingResult(NamedTuple):
+    """Embeddings of one image set.
+
+    Attributes:
+        embeddings: :class:`~curation.store.ArrowEmbeddings` over the decodable rows, in input order.
+        rows: ``(M,)`` int64 input row of each embedding.
+        failures: one dict per undecodable input row: ``row``, ``source`` and ``reason``.
+        n_total: rows of the input.
+        settings: the :class:`EmbeddingSettings`.
+        shards_computed: shards computed by this call (the others were already on disk).
+        directory: the embedding directory.
+    """
+
+    embeddings: ArrowEmbeddings
+    rows: np.ndarray
+    failures: list
+    n_total: int
+    settings: EmbeddingSettings
+    shards_computed: int
+    directory: str
+
+    def to_dataset(self):
+        """The embeddings as one memory-mapped ``datasets.Dataset`` (columns ``row``, ``embedding``)."""
+        from datasets import Dataset, concatenate_datasets
+
+        return concatenate_datasets([Dataset.from_file(p) for p in self.embeddings.paths])
+
+
+def _input_fingerprint(image_set: ImageSet) -> str:
+    fingerprint = getattr(image_set.dataset, "_fingerprint", None)
+    if fingerprint:
+        return str(fingerprint)
+    return hashlib.sha256(str(len(image_set)).encode()).hexdigest()[:16]  # pragma: no cover
+
+
+def _shard_path(directory: Path, shard: int) -> Path:
+    return directory / SHARD_DIR / f"shard-{shard:05d}.arrow"
+
+
+def _failures_path(directory: Path, shard: int) -> Path:
+    return directory / SHARD_DIR / f"shard-{shard:05d}.failures.json"
+
+
+class _DecodedImages:
+    """torch Dataset over input rows: ``(row, pixel tensor or None, error or None)``."""
+
+    def __init__(self, image_set: ImageSet, transform):
+        self.dataset = image_set.dataset
+        self.column = image_set.image_column
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, row: int):
+        try:
+            image = decode_image(self.dataset[int(row)][self.column])
+            return int(row), self.transform(image), None
+        except Exception as err:  # noqa: BLE001 - any decoding problem is recorded, not raised
+            return int(row), None, f"{type(err).__name__}: {err}"
+
+
+class _ShardBatches:
+    """Batches of input rows for the given shards; a batch never crosses a shard boundary."""
+
+    def __init__(self, shards: list, n: int, shard_size: int, batch_size: int):
+        self.shards, self.n, self.shard_size, self.batch_size = shards, n, shard_size, batch_size
+
+    def _bounds(self, shard: int) -> tuple[int, int]:
+        return shard * self.shard_size, min(self.n, (shard + 1) * self.shard_size)
+
+    def __iter__(self):
+        for shard in self.shards:
+            lo, hi = self._bounds(shard)
+            for start in range(lo, hi, self.batch_size):
+                yield list(range(start, min(hi, start + self.batch_size)))
+
+    def __len__(self) -> int:
+        return sum(-(-(hi - lo) // self.batch_size) for lo, hi in map(self._bounds, self.shards))
+
+
+def _collate(items):
+    return items
+
+
+def _write_shard(directory: Path, shard: int, rows: list, vectors: np.ndarray, failures: list, storage_dtype: str) -> None:
+    """Write one shard atomically: failures first, then the Arrow file under a temporary name, then rename."""
+    from datasets import Features, List, Value
+    from datasets.arrow_writer import ArrowWriter
+
+    dim = vectors.shape[1]
+    _failures_path(directory, shard).write_text(json.dumps(failures))
+    final = _shard_path(directory, shard)
+    tmp = final.with_suffix(".arrow.tmp")
+    features = Features({"row": Value("int64"), "embedding": List(Value(storage_dtype), length=dim)})
+    writer = ArrowWriter(features=features, path=str(tmp))
+    writer.write_batch({"row": np.asarray(rows, dtype=np.int64), "embedding": vectors.astype(storage_dtype)})
+    writer.finalize()
+    writer.close()
+    os.replace(tmp, final)
+
+
+def embed_images(
+    image_set: ImageSet,
+    model: Any,
+    output_dir: Union[str, os.PathLike],
+    *,
+    batch_size: int = 32,
+    shard_size: int = 4096,
+    pooling: str = "cls",
+    storage_dtype: str = "float16",
+    precision: str = "auto",
+    image_size: Optional[int] = None,
+    device: str = "auto",
+    num_workers: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> EmbeddingResult:
+    """Embed every image of ``image_set`` into ``output_dir``, resuming from the shards already there.
+
+    Args:
+        image_set: the images (:func:`~curation.inputs.load_image_set`).
+        model: checkpoint path / Hub id / TorchScript file / module, or a :class:`LoadedModel`.
+        output_dir: embedding directory (created).
+        batch_size: images per forward pass.
+        shard_size: input rows per Arrow shard (the unit of resumption).
+        pooling: ``"cls"``, ``"mean"`` or ``"cls+mean"`` (see module docstring).
+        storage_dtype: ``"float16"`` (half the disk) or ``"float32"``.
+        precision: autocast dtype: ``"auto"`` (bf16 on CPUs with bf16 instructions, bf16/fp16 on CUDA),
+            ``"bfloat16"``, ``"float16"`` or ``"float32"`` (no autocast).
+        image_size: crop size (default: the checkpoint's preprocessing, else 224).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        num_workers: DataLoader workers decoding images.
+        overwrite: delete existing shards made with other settings instead of raising.
+        progress: tqdm bar over images.
+    """
+    import torch
+
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}; received {pooling!r}.")
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage_dtype must be one of {STORAGE_DTYPES}; received {storage_dtype!r}.")
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"batch_size and shard_size must be >= 1; received {batch_size} and {shard_size}.")
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, image_size=image_size)
+    device, autocast_dtype = resolve_device_and_precision(device, precision)
+    directory = Path(output_dir)
+    (directory / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    n = len(image_set)
+    settings = EmbeddingSettings(
+        model=loaded.name, pooling=pooling, storage_dtype=storage_dtype,
+        preprocessing=asdict(loaded.preprocessing), n_rows=n, shard_size=int(shard_size),
+        input_fingerprint=_input_fingerprint(image_set),
+    )
+    meta_file = directory / META_FILE
+    if meta_file.exists():
+        old = json.loads(meta_file.read_text())
+        new = json.loads(json.dumps(asdict(settings)))  # tuples -> lists, as read back
+        changed = sorted(k for k in new if k != "dim" and old.get(k) != new[k])
+        if changed and not overwrite:
+            raise ValueError(
+                f"{directory} holds embeddings made with other settings (different {', '.join(changed)}); "
+                "use another output directory or overwrite=True."
+            )
+        if changed:
+            for file in (directory / SHARD_DIR).iterdir():
+                file.unlink()
+        else:
+            settings.dim = old.get("dim")
+    n_shards = (n + shard_size - 1) // shard_size
+    todo = [s for s in range(n_shards) if not _shard_path(directory, s).exists()]
+    for stale in (directory / SHARD_DIR).glob("*.tmp"):  # left by a run killed while writing
+        stale.unlink()
+    meta_file.write_text(json.dumps(asdict(settings), indent=2))
+
+    module = loaded.module.to(device)
+    transform = loaded.preprocessing.transform()
+    loader = torch.utils.data.DataLoader(_DecodedImages(image_set, transform),
+                                         batch_sampler=_ShardBatches(todo, n, shard_size, batch_size),
+                                         num_workers=num_workers, collate_fn=_collate)
+    done_rows = n - sum(min(shard_size, n - s * shard_size) for s in todo)
+    bar = tqdm(total=n, initial=done_rows, desc=f"embedding {image_set.name}", unit="img", disable=not progress)
+    pending: dict[int, dict] = {}
+    dim = settings.dim
+    for items in loader:
+        shard = items[0][0] // shard_size
+        entry = pending.setdefault(shard, {"rows": [], "vectors": [], "failures": [], "seen": 0})
+        ok = [(row, pixels) for row, pixels, err in items if err is None]
+        for row, _, err in items:
+            if err is not None:
+                entry["failures"].append({"row": row, "source": image_set.source_of(row), "reason": err})
+        if ok:
+            pixels = torch.stack([p for _, p in ok]).to(device)
+            with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=autocast_dtype or torch.float32,
+                                                 enabled=autocast_dtype is not None):
+                features = pool_output(module(pixels), pooling, loaded.num_prefix_tokens)
+            vectors = features.float().cpu().numpy()
+            dim = vectors.shape[1]
+            entry["rows"].extend(row for row, _ in ok)
+            entry["vectors"].append(vectors)
+        entry["seen"] += len(items)
+        bar.update(len(items))
+        if entry["seen"] == min(shard_size, n - shard * shard_size):
+            if dim is None:  # a shard where nothing decodes, before any embedding was seen
+                dim = _probe_dim(module, loaded, pooling, device)
+            vectors = np.concatenate(entry["vectors"]) if entry["vectors"] else np.empty((0, dim), np.float32)
+            _write_shard(directory, shard, entry["rows"], vectors, entry["failures"], storage_dtype)
+            del pending[shard]
+    bar.close()
+    if dim is not None and settings.dim != dim:
+        settings.dim = int(dim)
+        meta_file.write_text(json.dumps(asdict(settings), indent=2))
+    result = load_embeddings(directory)
+    return result._replace(shards_computed=len(todo))
+
+
+def _probe_dim(module, loaded: LoadedModel, pooling: str, device: str) -> int:
+    import torch
+
+    crop = loaded.preprocessing.crop
+    with torch.no_grad():
+        return int(pool_output(module(torch.zeros(1, 3, crop, crop, device=device)), pooling,
+                               loaded.num_prefix_tokens).shape[1])
+
+
+def load_embeddings(output_dir: Union[str, os.PathLike]) -> EmbeddingResult:
+    """Open a complete embedding directory written by :func:`embed_images`.
+
+    Raises:
+        ValueError: if shards are missing (the run has not finished: call ``embed_images`` again).
+    """
+    directory = Path(output_dir)
+    meta_file = directory / META_FILE
+    if not meta_file.exists():
+        raise FileNotFoundError(f"{directory} is not an embedding directory (no {META_FILE}).")
+    meta = json.loads(meta_file.read_text())
+    settings = EmbeddingSettings(**meta)
+    n_shards = (settings.n_rows + settings.shard_size - 1) // settings.shard_size
+    missing = [s for s in range(n_shards) if not _shard_path(directory, s).exists()]
+    if missing:
+        raise ValueError(f"{directory} is incomplete: {len(missing)} of {n_shards} shards are missing (first "
+                         f"{missing[:5]}); run the embedding step again to resume.")
+    paths = [_shard_path(directory, s) for s in range(n_shards)]
+    store = ArrowEmbeddings(paths)
+    failures = []
+    for s in range(n_shards):
+        failures.extend(json.loads(_failures_path(directory, s).read_text()))
+    rows = store.column_values("row").astype(np.int64)
+    if rows.size + len(failures) != settings.n_rows:
+        raise ValueError(f"{directory}: {rows.size} embeddings + {len(failures)} failures != {settings.n_rows} input rows.")
+    return EmbeddingResult(store, rows, failures, settings.n_rows, settings, 0, str(directory))

@@ -1,0 +1,147 @@
+"""Image sets for curation: a folder of images, a list of files, or a ``datasets.Dataset`` with an image column.
+
+Every input becomes an :class:`ImageSet`: a ``datasets.Dataset`` whose image column is cast to
+``datasets.Image(decode=False)`` (so that decoding happens in :mod:`curation.embed`, where a broken file
+is caught and recorded instead of crashing the run), plus the name of the set. Files in a folder that
+do not have an image extension are not images of the set; they are listed in ``ignored_files`` and in
+the report, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, Sequence, Union
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+
+ImageSetSpec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], Any]
+
+
+class ImageSet(NamedTuple):
+    """A named set of images.
+
+    Attributes:
+        name: name used in provenance columns and the removal log (e.g. ``"pool"``, ``"imagenet_val"``).
+        dataset: ``datasets.Dataset`` whose ``image_column`` is ``Image(decode=False)``.
+        image_column: name of the image column.
+        ignored_files: files of an input folder without an image extension (not part of the set).
+    """
+
+    name: str
+    dataset: Any
+    image_column: str
+    ignored_files: tuple
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def source_of(self, row: int) -> str:
+        """A human-readable reference to one item: its file path, or ``"<name>[row]"``."""
+        value = self.dataset[int(row)][self.image_column]
+        path = value.get("path") if isinstance(value, dict) else None
+        return path if path else f"{self.name}[{int(row)}]"
+
+
+def _files_dataset(paths: Sequence[str]):
+    from datasets import Dataset, Features, Image, Value
+
+    features = Features({"image": Image(decode=False), "path": Value("string")})
+    return Dataset.from_dict({"image": [{"bytes": None, "path": p} for p in paths], "path": list(paths)},
+                             features=features)
+
+
+def _find_image_column(dataset, image_column: Optional[str]) -> str:
+    from datasets import Image
+
+    if image_column is not None:
+        if image_column not in dataset.column_names:
+            raise ValueError(f"image_column {image_column!r} is not a column of the dataset; columns are "
+                             f"{dataset.column_names}.")
+        return image_column
+    image_columns = [name for name, feature in dataset.features.items() if isinstance(feature, Image)]
+    if not image_columns:
+        raise ValueError(
+            f"the dataset has no column with a datasets.Image feature (columns: {dataset.features}); cast one with "
+            "`dataset.cast_column(name, datasets.Image())` or pass image_column=."
+        )
+    return image_columns[0]
+
+
+def load_image_set(spec: ImageSetSpec, name: str, *, image_column: Optional[str] = None) -> ImageSet:
+    """Turn a folder, a list of files, a saved dataset or a ``datasets.Dataset`` into an :class:`ImageSet`.
+
+    Args:
+        spec: a directory of images (searched recursively, sorted by path), a directory written by
+            ``Dataset.save_to_disk``, a list of image file paths, or a ``datasets.Dataset`` with an image
+            column. A ``DatasetDict`` must be indexed by split first.
+        name: name of the set.
+        image_column: image column of a dataset (default: the first ``datasets.Image`` column).
+    """
+    from datasets import Dataset, DatasetDict, Image, load_from_disk
+
+    if isinstance(spec, ImageSet):
+        return spec._replace(name=name)
+    if isinstance(spec, DatasetDict):
+        raise ValueError(f"{name}: received a DatasetDict with splits {list(spec)}; pass one split, e.g. ds['train'].")
+    ignored: list[str] = []
+    if isinstance(spec, Dataset):
+        dataset = spec
+    elif isinstance(spec, (str, os.PathLike)):
+        path = Path(spec)
+        if not path.exists():
+            raise FileNotFoundError(f"{name}: {path} does not exist (expected a folder of images or a saved dataset).")
+        if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
+            dataset = load_from_disk(str(path))
+            if isinstance(dataset, DatasetDict):
+                raise ValueError(f"{name}: {path} holds a DatasetDict with splits {list(dataset)}; pass one split's folder.")
+        elif path.is_dir():
+            files = sorted(str(p) for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+            ignored = [f for f in files if not f.lower().endswith(IMAGE_EXTENSIONS)]
+            if not images:
+                raise ValueError(f"{name}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {path}.")
+            dataset = _files_dataset(images)
+        else:
+            raise ValueError(f"{name}: {path} is a file; pass a folder, a list of files or a datasets.Dataset.")
+    elif isinstance(spec, (list, tuple)):
+        if not spec:
+            raise ValueError(f"{name}: the list of image files is empty.")
+        dataset = _files_dataset([os.fspath(p) for p in spec])
+    else:
+        raise TypeError(f"{name}: expected a folder path, a list of files or a datasets.Dataset; received "
+                        f"{type(spec).__name__}.")
+    if len(dataset) == 0:
+        raise ValueError(f"{name}: the image set is empty.")
+    column = _find_image_column(dataset, image_column)
+    if not (isinstance(dataset.features[column], Image) and not dataset.features[column].decode):
+        dataset = dataset.cast_column(column, Image(decode=False))
+    return ImageSet(name, dataset, column, tuple(ignored))
+
+
+def decode_image(value: Any):
+    """Decode one stored image (``{"bytes", "path"}``, a path or a PIL image) to an RGB ``PIL.Image``.
+
+    Raises whatever PIL or the file system raises (missing file, unknown format, truncated data);
+    :mod:`curation.embed` records the message as the reason the item was dropped.
+    """
+    from PIL import Image as PILImage
+
+    if isinstance(value, PILImage.Image):
+        image = value
+    elif isinstance(value, dict):
+        if value.get("bytes"):
+            image = PILImage.open(io.BytesIO(value["bytes"]))
+        elif value.get("path"):
+            image = PILImage.open(value["path"])
+        else:
+            raise ValueError("the image has neither bytes nor a path")
+    elif isinstance(value, (str, os.PathLike)):
+        image = PILImage.open(value)
+    elif value is None:
+        raise ValueError("the image is missing (None)")
+    else:
+        raise TypeError(f"cannot decode an image from {type(value).__name__}")
+    image.load()  # decode now: lazy PIL images fail later otherwise
+    return image.convert("RGB")

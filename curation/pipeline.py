@@ -1,0 +1,550 @@
+"""The curation pipeline: images in, a curated ``datasets.Dataset`` out, every input accounted for.
+
+Steps, in the order of DINOv2 App. A and Vo et al. 2024 (each can be switched off in the config):
+
+1. **Embed** the pool, the seed sets and the evaluation sets (:mod:`curation.embed`; resumable shards).
+   Undecodable images are removed with reason ``undecodable``.
+2. **De-duplicate** the pool: k-NN graph, edges with cosine ``> dedup.threshold``, connected
+   components, one keeper per component (reasons ``duplicate`` / ``duplicate_chain``).
+3. **Decontaminate** against the evaluation sets: every pool item in a component (at
+   ``decontamination.threshold``) that holds an evaluation image is removed (``eval_match`` /
+   ``eval_component``). The pool graph of step 2 is reused, so the pool is searched once.
+4. **Cluster** the remaining candidates with hierarchical k-means and resampling.
+5. **Select**: retrieval around the seed sets (sample- and/or cluster-based) and/or balanced
+   hierarchical sampling to a target size. Candidates not selected are removed with reason
+   ``not_retrieved`` / ``not_sampled`` / ``not_selected``. With no selection step, all candidates stay.
+6. **Write** the curated dataset (image + provenance columns) with ``save_to_disk``, the removal log
+   (``removal_log.parquet``: item, reason, matched item, similarity), ``report.json`` and
+   ``cluster_sizes.png``; optionally ``push_to_hub``.
+
+The accounting (kept + removed-with-reason = total, for every input set) is checked before anything
+is written.
+
+Python use (the CLI ``dinov2-curate run --config cfg.yaml`` does the same)::
+
+    from curation.pipeline import curate
+    result = curate(pool=train_ds, eval_sets={"test": test_ds},
+                    config={"embedding": {"model": "facebook/dinov2-small"}, "sampling": {"target_fraction": 0.5}},
+                    output_dir="curated")
+    result.dataset       # the curated datasets.Dataset
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, Union
+
+import numpy as np
+
+from .config import CurationConfig
+from .dedup import deduplicate, decontaminate, knn_edges
+from .embed import EmbeddingResult, embed_images, load_model
+from .index import build_index
+from .inputs import ImageSet, load_image_set
+from .kmeans import assign_to_centroids, hierarchical_kmeans
+from .report import balance_summary, check_accounting, plot_cluster_sizes, write_report
+from .retrieval import cluster_based_retrieval, sample_based_retrieval
+from .sampling import hierarchical_sampling
+from .store import ArraySource, EmbeddingSource, SubsetSource
+
+logger = logging.getLogger(__name__)
+
+POOL = "pool"
+REASON_UNDECODABLE = "undecodable"
+REASON_NOT_RETRIEVED = "not_retrieved"
+REASON_NOT_SAMPLED = "not_sampled"
+REASON_NOT_SELECTED = "not_selected"
+KEPT = "kept"
+
+LOG_COLUMNS = ("set", "index", "source", "reason", "matched_set", "matched_index", "similarity", "detail")
+
+
+class CurationResult(NamedTuple):
+    """Output of :func:`curate`.
+
+    Attributes:
+        dataset: the curated ``datasets.Dataset`` (saved under ``output_dir/dataset``).
+        removal_log: ``datasets.Dataset`` with one row per removed item (``LOG_COLUMNS``).
+        report: the report dict (also ``output_dir/report.json``).
+        output_dir: where everything was written.
+    """
+
+    dataset: Any
+    removal_log: Any
+    report: dict
+    output_dir: str
+
+
+def default_levels(n: int) -> list:
+    """Clusters per level when the config gives none: about ``n / 50``, then ``/ 10`` per level, at most 3 levels."""
+    levels = [max(1, n // 50)]
+    while len(levels) < 3 and levels[-1] // 10 >= 2:
+        levels.append(levels[-1] // 10)
+    return levels
+
+
+def _named_sets(spec: Any, kind: str, image_column: Optional[str]) -> dict:
+    if spec is None:
+        return {}
+    if isinstance(spec, dict):
+        return {str(name): load_image_set(value, str(name), image_column=image_column) for name, value in spec.items()}
+    return {kind: load_image_set(spec, kind, image_column=image_column)}
+
+
+class _PoolLedger:
+    """Per pool row: outcome (kept or a removal reason), the matched item and its similarity."""
+
+    def __init__(self, n: int):
+        self.reason = np.full(n, KEPT, dtype=object)
+        self.matched_set = np.full(n, "", dtype=object)
+        self.matched_index = np.full(n, -1, dtype=np.int64)
+        self.similarity = np.full(n, np.nan, dtype=np.float32)
+        self.detail = np.full(n, "", dtype=object)
+
+    def remove(self, rows, reason, matched_set="", matched_index=None, similarity=None, detail=None) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return
+        if (self.reason[rows] != KEPT).any():
+            raise AssertionError("an item was removed twice")  # internal invariant
+        self.reason[rows] = reason
+        self.matched_set[rows] = matched_set
+        if matched_index is not None:
+            self.matched_index[rows] = matched_index
+        if similarity is not None:
+            self.similarity[rows] = similarity
+        if detail is not None:
+            self.detail[rows] = detail
+
+    def alive(self) -> np.ndarray:
+        return np.flatnonzero(self.reason == KEPT)
+
+
+def _embed_all(cfg: CurationConfig, sets: dict, out: Path, which: str, model: Any, pooling: str) -> dict:
+    e = cfg.embedding
+    loaded = load_model(model, image_size=e.image_size)
+    return {
+        name: embed_images(image_set, loaded, out / which / name, batch_size=e.batch_size, shard_size=e.shard_size,
+                           pooling=pooling, storage_dtype=e.storage_dtype, precision=e.precision, device=e.device,
+                           num_workers=e.num_workers, progress=cfg.progress)
+        for name, image_set in sets.items()
+    }
+
+
+def _aligned(result: EmbeddingResult, rows: np.ndarray) -> EmbeddingSource:
+    """The embeddings of the given input rows (which must all have one), in that order."""
+    position = np.full(result.n_total, -1, dtype=np.int64)
+    position[result.rows] = np.arange(result.rows.size)
+    pos = position[rows]
+    if (pos < 0).any():
+        raise AssertionError("rows without an embedding")  # internal invariant
+    return result.embeddings if np.array_equal(pos, np.arange(result.rows.size)) else SubsetSource(result.embeddings, pos)
+
+
+def _index_kwargs(cfg: CurationConfig) -> dict:
+    ix = cfg.index
+    kwargs = {"flat_max_size": ix.flat_max_size, "device": ix.device}
+    if ix.nlist is not None:
+        kwargs["nlist"] = ix.nlist
+    if ix.nprobe is not None:
+        kwargs["nprobe"] = ix.nprobe
+    return kwargs
+
+
+def curate(
+    pool: Any = None,
+    seeds: Any = None,
+    eval_sets: Any = None,
+    config: Union[CurationConfig, dict, str, None] = None,
+    output_dir: Optional[str] = None,
+) -> CurationResult:
+    """Run the whole pipeline (see the module docstring).
+
+    Args:
+        pool: the uncurated images: a folder, a list of files, or a ``datasets.Dataset`` with an image column.
+        seeds: optional curated seed sets for retrieval: one set or ``{name: set}``.
+        eval_sets: optional evaluation sets to decontaminate against: one set or ``{name: set}``.
+        config: a :class:`~curation.config.CurationConfig`, a dict of its sections, or a YAML/JSON file.
+            ``pool``/``seeds``/``eval_sets``/``output_dir`` given here override the config's.
+        output_dir: where to write everything.
+    """
+    if isinstance(config, (str, Path)):
+        cfg = CurationConfig.from_file(config)
+    elif isinstance(config, dict):
+        cfg = CurationConfig.from_dict(config)
+    else:
+        cfg = config or CurationConfig()
+    for name, value in (("pool", pool), ("seeds", seeds), ("eval_sets", eval_sets), ("output_dir", output_dir)):
+        if value is not None:
+            setattr(cfg, name, value)
+    cfg.validate()
+    if cfg.pool is None:
+        raise ValueError("no pool given: pass pool= or set `pool` in the config.")
+    if cfg.embedding.model is None:
+        raise ValueError("no embedding model given: set embedding.model (a checkpoint path, Hub id or module).")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict = {}
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[step] = round(now - clock, 3)
+        clock = now
+
+    # ------------------------------------------------------------------ inputs and embeddings
+    pool_set = load_image_set(cfg.pool, POOL, image_column=cfg.image_column)
+    seed_sets = _named_sets(cfg.seeds, "seeds", cfg.image_column)
+    eval_sets_ = _named_sets(cfg.eval_sets, "eval", cfg.image_column)
+    names = [POOL, *seed_sets, *eval_sets_]
+    if len(set(names)) != len(names):
+        raise ValueError(f"set names must be unique (and not {POOL!r} for seeds or eval sets); received {names}.")
+    semantic = _embed_all(cfg, {POOL: pool_set, **seed_sets, **eval_sets_}, out, "embeddings", cfg.embedding.model,
+                          cfg.embedding.pooling)
+    if cfg.embedding.dedup_model is not None:
+        copy_sets = {POOL: pool_set, **eval_sets_}
+        copy_emb = _embed_all(cfg, copy_sets, out, "embeddings_dedup", cfg.embedding.dedup_model,
+                              cfg.embedding.dedup_pooling or cfg.embedding.pooling)
+    else:
+        copy_emb = semantic
+    lap("embedding")
+
+    n_pool = len(pool_set)
+    ledger = _PoolLedger(n_pool)
+    failed = {f["row"]: f["reason"] for f in semantic[POOL].failures}
+    failed.update({f["row"]: f["reason"] for f in copy_emb[POOL].failures if f["row"] not in failed})
+    if failed:
+        rows = np.fromiter(failed, dtype=np.int64)
+        ledger.remove(rows, REASON_UNDECODABLE, detail=np.array([failed[r] for r in rows], dtype=object))
+    valid = ledger.alive()
+    counts = {"input": n_pool, "decodable": int(valid.size)}
+    report: dict = {"config": cfg.to_dict(), "models": {"semantic": semantic[POOL].settings.model,
+                                                        "dedup": copy_emb[POOL].settings.model}}
+    ignored = {name: list(s.ignored_files) for name, s in {POOL: pool_set, **seed_sets, **eval_sets_}.items()
+               if s.ignored_files}
+    if ignored:
+        report["ignored_non_image_files"] = ignored
+        logger.warning("ignored %d non-image files (listed in the report)", sum(map(len, ignored.values())))
+
+    # ------------------------------------------------------------------ dedup + decontamination
+    index_kwargs = _index_kwargs(cfg)
+    dedup_cfg, decon_cfg = cfg.dedup, cfg.decontamination
+    run_decon = decon_cfg.enabled and bool(eval_sets_)
+    component = np.full(n_pool, -1, dtype=np.int64)
+    component_size = np.zeros(n_pool, dtype=np.int64)
+    if (dedup_cfg.enabled or run_decon) and valid.size > 1:
+        copy_src = _aligned(copy_emb[POOL], valid)
+        thresholds = ([dedup_cfg.threshold] if dedup_cfg.enabled else []) + ([decon_cfg.threshold] if run_decon else [])
+        k = min(max(dedup_cfg.k, decon_cfg.k if run_decon else 0), valid.size - 1)
+        pool_index = build_index(copy_src, cfg.index.index_type, seed=cfg.seed, progress=cfg.progress,
+                                 **index_kwargs)
+        report["index"] = {"type": pool_index.index_type, "nlist": pool_index.nlist, "nprobe": pool_index.nprobe,
+                           "ntotal": pool_index.ntotal,
+                           "device": "cpu" if pool_index.device is None else f"cuda:{pool_index.device}"}
+        edges = knn_edges(copy_src, k, min(thresholds), index=pool_index, progress=cfg.progress)
+        report["knn"] = {"k": k, "edges_kept": int(edges.src.size), "min_similarity": min(thresholds)}
+        if dedup_cfg.enabled:
+            dd = deduplicate(copy_src, dedup_cfg.threshold, graph=edges, progress=cfg.progress)
+            rem = dd.removed
+            ledger.remove(valid[rem.index], rem.reason, POOL, valid[rem.matched_index], rem.similarity)
+            component[valid] = dd.labels
+            component_size[valid] = np.bincount(dd.labels)[dd.labels]
+            counts["after_dedup"] = int(dd.kept.size)
+        lap("dedup")
+        if run_decon:
+            eval_names = list(eval_sets_)
+            eval_parts = [copy_emb[name].embeddings.to_numpy(normalize=True) for name in eval_names]
+            eval_owner = np.concatenate([np.full(len(p), i) for i, p in enumerate(eval_parts)])
+            eval_row = np.concatenate([copy_emb[name].rows for name in eval_names])
+            if eval_owner.size:
+                dc = decontaminate(copy_src, ArraySource(np.concatenate(eval_parts)), decon_cfg.threshold,
+                                   min(decon_cfg.k, valid.size - 1), whole_components=decon_cfg.whole_components,
+                                   pool_graph=edges, pool_index=pool_index, progress=cfg.progress, seed=cfg.seed,
+                                   **index_kwargs)
+                rem = dc.removed
+                still = ledger.reason[valid[rem.index]] == KEPT  # already-removed duplicates keep their reason
+                sel = np.flatnonzero(still)
+                m = rem.matched_index[sel]
+                ledger.remove(valid[rem.index[sel]], rem.reason[sel],
+                              np.array([eval_names[eval_owner[i]] if i >= 0 else "" for i in m], dtype=object),
+                              np.where(m >= 0, eval_row[np.maximum(m, 0)], -1), rem.similarity[sel])
+                report["decontamination"] = {"n_contaminated_components": dc.n_contaminated_components,
+                                             "removed_including_duplicates": int(rem.index.size)}
+            counts["after_decontamination"] = int(ledger.alive().size)
+        lap("decontamination")
+
+    candidates = ledger.alive()
+    counts["candidates"] = int(candidates.size)
+    sem_src = _aligned(semantic[POOL], candidates).normalized() if candidates.size else None
+
+    # ------------------------------------------------------------------ clustering
+    cl = cfg.clustering
+    clustering = None
+    level_ids = []
+    if cl.enabled and candidates.size >= 2:
+        ks = list(cl.n_clusters) if cl.n_clusters else default_levels(candidates.size)
+        ks = [min(int(k), candidates.size) for k in ks]
+        for i in range(1, len(ks)):
+            ks[i] = min(ks[i], ks[i - 1])
+        clustering = hierarchical_kmeans(sem_src, ks, n_resampling_steps=cl.n_resampling_steps,
+                                         sample_size=cl.sample_size, resampling_strategy=cl.resampling_strategy,
+                                         n_iter=cl.n_iter, seed=cfg.seed, max_points_per_centroid=cl.max_points_per_centroid,
+                                         progress=cfg.progress, device=cfg.index.device)
+        level_ids = [lv.data_assignments for lv in clustering.levels]
+    lap("clustering")
+
+    # ------------------------------------------------------------------ selection
+    selected_retrieval = np.zeros(candidates.size, dtype=bool)
+    seed_set_of = np.full(candidates.size, "", dtype=object)
+    seed_index_of = np.full(candidates.size, -1, dtype=np.int64)
+    seed_sim_of = np.full(candidates.size, np.nan, dtype=np.float32)
+    rt = cfg.retrieval
+    use_retrieval = bool(seed_sets) and rt.mode != "none" and candidates.size > 0
+    retrieval_report = {}
+    if use_retrieval:
+        cand_index = None
+        if rt.mode in ("sample", "both"):
+            cand_index = build_index(sem_src, cfg.index.index_type, seed=cfg.seed, progress=cfg.progress, **index_kwargs)
+        for name, seed_set in seed_sets.items():
+            seed_emb = semantic[name]
+            if seed_emb.rows.size == 0:
+                continue
+            entry = {}
+            if rt.mode in ("sample", "both"):
+                n_nb = min(rt.n_neighbors, candidates.size)
+                res = sample_based_retrieval(sem_src, seed_emb.embeddings, n_nb, min_similarity=rt.min_similarity,
+                                             index=cand_index, progress=cfg.progress)
+                flat_c, flat_s = res.neighbors.ravel(), res.similarities.ravel()
+                seed_pos = np.repeat(np.arange(res.neighbors.shape[0]), res.neighbors.shape[1])
+                ok = flat_c >= 0
+                order = np.argsort(-flat_s[ok], kind="stable")  # best similarity first, per item
+                c, s, q = flat_c[ok][order], flat_s[ok][order], seed_pos[ok][order]
+                first = np.unique(c, return_index=True)[1]
+                c, s, q = c[first], s[first], q[first]
+                better = ~(seed_sim_of[c] >= s)
+                seed_set_of[c[better]] = name
+                seed_index_of[c[better]] = seed_emb.rows[q[better]]
+                seed_sim_of[c[better]] = s[better]
+                selected_retrieval[c] = True
+                entry["sample"] = {"n_neighbors": n_nb, "nominal": res.n_nominal, "unique": res.n_unique,
+                                   "collisions": res.n_collisions}
+            if rt.mode in ("cluster", "both"):
+                reuse = rt.n_clusters is None and clustering is not None
+                res_c = cluster_based_retrieval(
+                    sem_src, seed_emb.embeddings, rt.n_clusters or max(1, candidates.size // 50),
+                    min_seeds=rt.min_seeds, per_cluster=rt.per_cluster, max_total=rt.max_total,
+                    selection=rt.selection, seed=cfg.seed, device=cfg.index.device,
+                    max_points_per_centroid=cl.max_points_per_centroid,
+                    centroids=clustering.levels[0].centroids if reuse else None,
+                    pool_assignments=level_ids[0] if reuse else None,
+                )
+                new = res_c.indices[seed_set_of[res_c.indices] == ""]
+                seed_set_of[new] = name
+                selected_retrieval[res_c.indices] = True
+                entry["cluster"] = {"selected_clusters": int(res_c.selected_clusters.size),
+                                    "retrieved": int(res_c.indices.size)}
+            retrieval_report[name] = entry
+        counts["retrieved"] = int(selected_retrieval.sum())
+    lap("retrieval")
+
+    sp = cfg.sampling
+    use_sampling = (sp.target_size is not None or sp.target_fraction is not None) and clustering is not None
+    selected_sampling = np.zeros(candidates.size, dtype=bool)
+    sampling_report = {}
+    if use_sampling:
+        target = sp.target_size if sp.target_size is not None else int(round(sp.target_fraction * candidates.size))
+        target = max(1, target)
+        if target > candidates.size:
+            logger.warning("sampling.target_size %d exceeds the %d candidates; keeping all", target, candidates.size)
+            sampling_report["target_clamped_from"] = int(target)
+            target = candidates.size
+        res_s = hierarchical_sampling(clustering, int(target), strategy=sp.strategy, seed=cfg.seed,
+                                      progress=cfg.progress)
+        selected_sampling[res_s.indices] = True
+        sampling_report["target_size"] = int(target)
+        counts["sampled"] = int(target)
+    lap("sampling")
+
+    if use_retrieval or use_sampling:
+        chosen = selected_retrieval | selected_sampling
+        reason = REASON_NOT_SELECTED if (use_retrieval and use_sampling) else (
+            REASON_NOT_RETRIEVED if use_retrieval else REASON_NOT_SAMPLED)
+        ledger.remove(candidates[~chosen], reason)
+    else:
+        chosen = np.ones(candidates.size, dtype=bool)
+    final_pos = np.flatnonzero(chosen)
+    final_rows = candidates[final_pos]
+    counts["final_pool"] = int(final_rows.size)
+
+    # ------------------------------------------------------------------ accounting
+    accounting = {POOL: {"total": n_pool, "outcome": _count(ledger.reason)}}
+    for name in [*seed_sets, *eval_sets_]:
+        emb = semantic[name]
+        bad = {f["row"] for f in emb.failures} | ({f["row"] for f in copy_emb[name].failures} if name in copy_emb else set())
+        role = KEPT if (name in seed_sets and cfg.include_seeds) else "used_as_reference"
+        accounting[name] = {"total": emb.n_total, "outcome": {role: emb.n_total - len(bad), REASON_UNDECODABLE: len(bad)}}
+        accounting[name]["outcome"] = {k: v for k, v in accounting[name]["outcome"].items() if v}
+    check_accounting(accounting)
+
+    # ------------------------------------------------------------------ outputs
+    selected_by = np.where(selected_retrieval[final_pos] & selected_sampling[final_pos], "retrieval+balanced",
+                           np.where(selected_retrieval[final_pos], "retrieval",
+                                    np.where(selected_sampling[final_pos], "balanced", "all"))).astype(object)
+    provenance = {
+        "source_set": np.full(final_rows.size, POOL, dtype=object),
+        "source_index": final_rows,
+        "duplicate_component": component[final_rows],
+        "duplicate_component_size": component_size[final_rows],
+        "selected_by": selected_by,
+        "retrieval_seed_set": seed_set_of[final_pos],
+        "retrieval_seed_index": seed_index_of[final_pos],
+        "retrieval_similarity": seed_sim_of[final_pos],
+    }
+    n_levels = len(level_ids)
+    for lvl in range(n_levels):
+        provenance[f"cluster_level_{lvl}"] = level_ids[lvl][final_pos]
+    dataset = _build_dataset(pool_set, final_rows, provenance)
+    if cfg.include_seeds and seed_sets:
+        dataset = _append_seeds(dataset, pool_set, seed_sets, semantic, provenance.keys(), n_levels)
+    dataset.save_to_disk(str(out / "dataset"))
+    from datasets import load_from_disk
+
+    dataset = load_from_disk(str(out / "dataset"))
+    removal_log = _removal_log(pool_set, ledger, seed_sets, eval_sets_, semantic)
+    removal_log.to_parquet(str(out / "removal_log.parquet"))
+    lap("write")
+
+    if clustering is not None:
+        # The whole decodable pool, assigned to the finest centroids, shows what dedup removed too.
+        pool_ids = [assign_to_centroids(_aligned(semantic[POOL], valid).normalized(), clustering.levels[0].centroids,
+                                        device=cfg.index.device)[0]]
+        for level in clustering.levels[1:]:
+            pool_ids.append(level.assignments[pool_ids[-1]])
+        ks = [lv.centroids.shape[0] for lv in clustering.levels]
+        hist = {
+            "pool": [np.bincount(ids, minlength=k) for ids, k in zip(pool_ids, ks)],
+            "candidates": [np.bincount(ids, minlength=k) for ids, k in zip(level_ids, ks)],
+            "curated": [np.bincount(ids[final_pos], minlength=k) for ids, k in zip(level_ids, ks)],
+        }
+        report["clustering"] = {"n_clusters": [int(k) for k in ks],
+                                **{stage: [balance_summary(h) for h in hs] for stage, hs in hist.items()}}
+        plot_cluster_sizes(hist, out / "cluster_sizes.png",
+                           title=f"cluster sizes: {valid.size} decodable -> {candidates.size} after dedup and "
+                                 f"decontamination -> {final_rows.size} curated")
+    report.update({
+        "thresholds": {"dedup": dedup_cfg.threshold if dedup_cfg.enabled else None,
+                       "decontamination": decon_cfg.threshold if run_decon else None,
+                       "embedding_model_for_thresholds": copy_emb[POOL].settings.model},
+        "counts": counts,
+        "removed_by_reason": {k: v for k, v in _count(ledger.reason).items() if k != KEPT},
+        "retrieval": retrieval_report,
+        "sampling": sampling_report,
+        "accounting": accounting,
+        "output_rows": len(dataset),
+        "timings_s": timings,
+        "files": {"dataset": str(out / "dataset"), "removal_log": str(out / "removal_log.parquet"),
+                  "report": str(out / "report.json"),
+                  "cluster_sizes": str(out / "cluster_sizes.png") if clustering is not None else None},
+    })
+    if cfg.hub.repo_id:
+        push_curated(out, cfg.hub.repo_id, private=cfg.hub.private, token=cfg.hub.token, dataset=dataset)
+        report["hub"] = {"repo_id": cfg.hub.repo_id}
+    write_report(report, out)
+    logger.info("curation: %d pool images -> %d curated (%s)", n_pool, final_rows.size, report["removed_by_reason"])
+    return CurationResult(dataset, removal_log, report, str(out))
+
+
+def _count(values: np.ndarray) -> dict:
+    names, counts = np.unique(values.astype(str), return_counts=True)
+    return {str(n): int(c) for n, c in zip(names, counts)}
+
+
+def _build_dataset(image_set: ImageSet, rows: np.ndarray, provenance: dict):
+    from datasets import Image
+
+    ds = image_set.dataset.select(rows.tolist())
+    for name, values in provenance.items():
+        if name in ds.column_names:
+            ds = ds.remove_columns(name)
+        ds = ds.add_column(name, values.tolist() if values.dtype == object else values)
+    return ds.cast_column(image_set.image_column, Image())
+
+
+def _append_seeds(dataset, pool_set: ImageSet, seed_sets: dict, semantic: dict, provenance_names, n_levels: int):
+    from datasets import Image, concatenate_datasets
+
+    parts = [dataset]
+    keep_cols = [pool_set.image_column, *provenance_names]
+    for name, seed_set in seed_sets.items():
+        rows = semantic[name].rows
+        ds = seed_set.dataset.select(rows.tolist())
+        if seed_set.image_column != pool_set.image_column:
+            ds = ds.rename_column(seed_set.image_column, pool_set.image_column)
+        ds = ds.select_columns([pool_set.image_column]).cast_column(pool_set.image_column, Image())
+        n = len(ds)
+        extra = {"source_set": [name] * n, "source_index": rows, "duplicate_component": np.full(n, -1),
+                 "duplicate_component_size": np.zeros(n, np.int64), "selected_by": ["seed"] * n,
+                 "retrieval_seed_set": [""] * n, "retrieval_seed_index": np.full(n, -1),
+                 "retrieval_similarity": np.full(n, np.nan, np.float32)}
+        for lvl in range(n_levels):
+            extra[f"cluster_level_{lvl}"] = np.full(n, -1)
+        for col, values in extra.items():
+            ds = ds.add_column(col, values)
+        parts.append(ds.cast(dataset.select_columns(keep_cols).features))
+    return concatenate_datasets([p.select_columns(keep_cols) for p in parts])
+
+
+def source_names(image_set: ImageSet, rows: np.ndarray, chunk: int = 65_536) -> list:
+    """File path of each row (read from Arrow without loading image bytes), or ``"<set>[row]"``."""
+    names: list = []
+    table_view = image_set.dataset.select_columns([image_set.image_column]).with_format("arrow")
+    for start in range(0, rows.size, chunk):
+        part = rows[start : start + chunk]
+        column = table_view[part.tolist()][image_set.image_column].combine_chunks()
+        paths = column.field("path").to_pylist()
+        names.extend(p if p else f"{image_set.name}[{r}]" for p, r in zip(paths, part.tolist()))
+    return names
+
+
+def _removal_log(pool_set: ImageSet, ledger: _PoolLedger, seed_sets: dict, eval_sets: dict, semantic: dict):
+    from datasets import Dataset, Features, Value
+
+    rows = np.flatnonzero(ledger.reason != KEPT)
+    log = {
+        "set": [POOL] * rows.size,
+        "index": rows.tolist(),
+        "source": source_names(pool_set, rows),
+        "reason": ledger.reason[rows].astype(str).tolist(),
+        "matched_set": ledger.matched_set[rows].astype(str).tolist(),
+        "matched_index": ledger.matched_index[rows].tolist(),
+        "similarity": ledger.similarity[rows].tolist(),
+        "detail": ledger.detail[rows].astype(str).tolist(),
+    }
+    for name in [*seed_sets, *eval_sets]:
+        for f in semantic[name].failures:
+            for col, value in zip(LOG_COLUMNS, (name, f["row"], f["source"], REASON_UNDECODABLE, "", -1, float("nan"),
+                                                f["reason"])):
+                log[col].append(value)
+    features = Features({"set": Value("string"), "index": Value("int64"), "source": Value("string"),
+                         "reason": Value("string"), "matched_set": Value("string"), "matched_index": Value("int64"),
+                         "similarity": Value("float32"), "detail": Value("string")})
+    return Dataset.from_dict(log, features=features)
+
+
+def push_curated(output_dir: Union[str, Path], repo_id: str, *, private: bool = False, token: Optional[str] = None,
+                 dataset: Any = None) -> None:
+    """Push ``output_dir/dataset`` to the Hub as a dataset repo, with the report, picture and removal log."""
+    from datasets import load_from_disk
+    from huggingface_hub import HfApi
+
+    out = Path(output_dir)
+    dataset = dataset if dataset is not None else load_from_disk(str(out / "dataset"))
+    dataset.push_to_hub(repo_id, private=private, token=token)
+    api = HfApi(token=token)
+    for name in ("report.json", "cluster_sizes.png", "removal_log.parquet"):
+        if (out / name).exists():
+            api.upload_file(path_or_fileobj=str(out / name), path_in_repo=f"curation/{name}", repo_id=repo_id,
+                            repo_type="dataset")

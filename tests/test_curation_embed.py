@@ -1,0 +1,151 @@
+"""Tests for curation.inputs and curation.embed: inputs, resumable shards, failures, stock checkpoints.
+
+A tiny random-init ViT is enough here: these tests check bookkeeping and numerics against a direct
+forward pass of the model, not the meaning of the features.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from PIL import Image  # noqa: E402
+
+from curation import embed as embed_module  # noqa: E402
+from curation.embed import Preprocessing, embed_images, load_embeddings  # noqa: E402
+from curation.inputs import load_image_set  # noqa: E402
+
+
+def _tiny_model(seed=0):
+    from modeling_dinov2 import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    return Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=28,
+                                    patch_size=14, layerscale_value=1.0)).eval()
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(11):
+        Image.fromarray(rng.integers(0, 255, (30 + i, 40, 3), dtype=np.uint8)).save(d / f"{i:02d}.png")
+    (d / "05_bad.jpg").write_bytes(b"garbage")
+    return d
+
+
+def _reference(model, image_set, rows, preprocessing):
+    """Direct fp32 forward pass of the model (the reference for the stored embeddings)."""
+    from curation.inputs import decode_image
+
+    tf = preprocessing.transform()
+    x = torch.stack([tf(decode_image(image_set.dataset[int(r)]["image"])) for r in rows])
+    with torch.no_grad():
+        return model(x).pooler_output.numpy()
+
+
+def test_embeddings_match_the_model_and_failures_are_recorded(folder, tmp_path):
+    image_set = load_image_set(str(folder), "pool")
+    assert len(image_set) == 12
+    model = _tiny_model()
+    res = embed_images(image_set, model, tmp_path / "emb", image_size=28, shard_size=5, batch_size=3,
+                       storage_dtype="float32", precision="float32", progress=False)
+    assert res.n_total == 12 and res.rows.size == 11 and res.embeddings.storage_dtype == "float32"
+    assert [f["row"] for f in res.failures] == [6]  # "05_bad.jpg" sorts after "05.png"
+    assert res.failures[0]["source"].endswith("05_bad.jpg") and "UnidentifiedImageError" in res.failures[0]["reason"]
+    ref = _reference(model, image_set, res.rows, Preprocessing.for_image_size(28))
+    np.testing.assert_allclose(res.embeddings.to_numpy(), ref, atol=1e-5)
+    ds = res.to_dataset()  # an Arrow column of the datasets kind
+    assert ds.features["embedding"].length == 32 and len(ds) == 11
+    # float16 storage holds the same values to half precision; bf16 autocast stays close
+    half = embed_images(image_set, model, tmp_path / "emb16", image_size=28, shard_size=5, precision="bfloat16",
+                        progress=False)
+    assert half.embeddings.storage_dtype == "float16"
+    cos = (half.embeddings.to_numpy(normalize=True) * res.embeddings.to_numpy(normalize=True)).sum(1)
+    assert cos.min() > 0.99
+
+
+def test_resume_after_interruption_computes_only_missing_shards(folder, tmp_path, monkeypatch):
+    image_set = load_image_set(str(folder), "pool")
+    model = _tiny_model()
+    kwargs = dict(image_size=28, shard_size=3, batch_size=2, storage_dtype="float32", precision="float32",
+                  progress=False)
+    full = embed_images(image_set, model, tmp_path / "full", **kwargs)
+    assert full.shards_computed == 4
+
+    real_write = embed_module._write_shard
+    calls = {"n": 0}
+
+    def crash_after_two(*args, **kw):
+        if calls["n"] == 2:
+            # a kill in the middle of writing shard 2 leaves a temporary file behind
+            (tmp_path / "part" / "shards" / "shard-00002.arrow.tmp").write_bytes(b"half-written")
+            raise KeyboardInterrupt("killed")
+        calls["n"] += 1
+        return real_write(*args, **kw)
+
+    monkeypatch.setattr(embed_module, "_write_shard", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(image_set, model, tmp_path / "part", **kwargs)
+    with pytest.raises(ValueError, match="incomplete: 2 of 4 shards are missing"):
+        load_embeddings(tmp_path / "part")
+    monkeypatch.setattr(embed_module, "_write_shard", real_write)
+
+    resumed = embed_images(image_set, model, tmp_path / "part", **kwargs)
+    assert resumed.shards_computed == 2
+    assert not list((tmp_path / "part" / "shards").glob("*.tmp"))
+    np.testing.assert_array_equal(resumed.rows, full.rows)
+    np.testing.assert_array_equal(resumed.embeddings.to_numpy(), full.embeddings.to_numpy())
+    assert resumed.failures == full.failures
+    # a finished directory is not recomputed, and other settings are refused
+    assert embed_images(image_set, model, tmp_path / "part", **kwargs).shards_computed == 0
+    with pytest.raises(ValueError, match="other settings.*model"):
+        embed_images(image_set, _tiny_model(seed=1), tmp_path / "part", **kwargs)
+    with pytest.raises(ValueError, match="pooling"):
+        embed_images(image_set, model, tmp_path / "part", **{**kwargs, "pooling": "mean"})
+
+
+def test_stock_transformers_checkpoint_and_dataset_input(tmp_path):
+    from datasets import Dataset, Features, Image as ImageFeature, Value
+    from transformers import Dinov2Config as StockConfig, Dinov2Model as StockModel
+
+    torch.manual_seed(0)
+    stock = StockModel(StockConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                   image_size=28, patch_size=14)).eval()
+    stock.save_pretrained(tmp_path / "stock")
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)) for _ in range(6)]
+    ds = Dataset.from_dict({"img": images, "label": list(range(6))},
+                           features=Features({"img": ImageFeature(), "label": Value("int64")}))
+    image_set = load_image_set(ds, "pool")
+    assert image_set.image_column == "img"
+    res = embed_images(image_set, str(tmp_path / "stock"), tmp_path / "emb", image_size=28, storage_dtype="float32",
+                       precision="float32", pooling="cls+mean", progress=False)
+    tf = Preprocessing.for_image_size(28).transform()
+    with torch.no_grad():
+        out = stock(torch.stack([tf(im.convert("RGB")) for im in images]))
+    ref = torch.cat([out.pooler_output, out.last_hidden_state[:, 1:].mean(1)], 1).numpy()
+    np.testing.assert_allclose(res.embeddings.to_numpy(), ref, atol=1e-5)
+    meta = json.loads((tmp_path / "emb" / "embedding_meta.json").read_text())
+    assert meta["pooling"] == "cls+mean" and meta["dim"] == 64 and "stock" in meta["model"]
+
+
+def test_input_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_image_set(str(tmp_path / "nope"), "pool")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_text("x")
+    with pytest.raises(ValueError, match="no image files"):
+        load_image_set(str(tmp_path / "empty"), "pool")
+    from datasets import Dataset
+
+    with pytest.raises(ValueError, match="no column with a datasets.Image feature"):
+        load_image_set(Dataset.from_dict({"x": [1, 2]}), "pool")
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        embed_images(load_image_set([str(tmp_path / "empty" / "a.txt")], "p"), _tiny_model(), tmp_path / "e",
+                     pooling="max", progress=False)
