@@ -1,6 +1,26 @@
-"""``dinov2-curate``: the curation pipeline from a config file, or one step at a time.
+"""``dinov2-curate``: curate pretraining images the way DINOv2 built LVD-142M, into a ``datasets.Dataset``.
 
-    dinov2-curate run --config curate.yaml [--set dedup.threshold=0.7 ...]
+Given an uncurated *pool* of images (plus, optionally, curated *seed* sets to retrieve around and
+*evaluation* sets to protect), the pipeline embeds every image with a DINOv2 or other transformers
+model, removes near-duplicates, removes copies of evaluation images, keeps pool images that resemble
+the seed sets and/or a cluster-balanced sample, and writes the curated dataset with one provenance
+row per image, a removal log (every dropped image with its reason) and a report.
+
+The whole pipeline from a config file (`dinov2-curate run --help` lists every setting)::
+
+    # curate.yaml
+    pool: /data/uncurated              # a folder of images, a saved datasets.Dataset or a list of files
+    eval_sets: {my_test: /data/test}   # optional: evaluation images to protect
+    embedding: {model: facebook/dinov2-small}
+    sampling: {target_fraction: 0.5}   # optional: a balanced half of what survives dedup
+
+    dinov2-curate run --config curate.yaml --set dedup.threshold=0.7
+
+Outputs (in `output_dir`): `dataset/` (load with `datasets.load_from_disk`), `removal_log.parquet`,
+`report.json`, `cluster_sizes.png`, and the resumable embedding shards under `embeddings/`.
+
+Or one step at a time, each reading the previous step's files::
+
     dinov2-curate embed --input images/ --model facebook/dinov2-small --output_dir work/emb_pool
     dinov2-curate dedup --embeddings work/emb_pool --output_dir work/dedup --threshold 0.6
     dinov2-curate decontaminate --embeddings work/emb_pool --eval_embeddings work/emb_test --output_dir work/decon
@@ -9,13 +29,15 @@
     dinov2-curate sample --clustering work/clusters --target_size 5000 --output_dir work/sample
     dinov2-curate push --curated_dir curated/ --repo_id user/my-curated-set
 
-Each step writes ``result.json`` (summary) plus numpy arrays of *input row numbers* into its
-``--output_dir``; ``dedup`` and ``decontaminate`` also write ``removal_log.parquet``. ``dinov2-curate
-STEP --help`` lists a step's options.
+Each step writes `result.json` (a summary, also printed) plus numpy arrays of *input row numbers* (the
+row of an image in its input folder or dataset, folders sorted by path) into its `--output_dir`;
+`dedup` and `decontaminate` also write `removal_log.parquet`. A killed `embed` (or `run`, whose
+embedding step is the long one) started again with the same settings computes only the missing shards.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -28,130 +50,160 @@ import numpy as np
 STEPS = ("run", "embed", "dedup", "decontaminate", "retrieve", "cluster", "sample", "push")
 
 
+def _opt(default, help: str, choices=None, **kwargs):
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = list(choices)
+    if "default_factory" in kwargs:
+        return field(default_factory=kwargs["default_factory"], metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class RunArguments:
-    """Run the whole pipeline from a YAML/JSON config (see curation/config.py)."""
+    """Run the whole pipeline (embed, dedup, decontaminate, cluster, retrieve/sample, write) from a config."""
 
-    config: str = field(metadata={"help": "YAML or JSON config file."})
-    output_dir: Optional[str] = field(default=None, metadata={"help": "Overrides the config's output_dir."})
-    set: list[str] = field(default_factory=list, metadata={"help": "Overrides, e.g. --set dedup.threshold=0.7."})
+    config: str = _opt(None, "YAML or JSON config file; its settings are listed below.")
+    output_dir: Optional[str] = _opt(None, "Overrides the config's output_dir.")
+    set: list[str] = _opt(None, "Override settings, e.g. --set dedup.threshold=0.7 sampling.target_size=1000.",
+                          default_factory=list)
 
 
 @dataclass
 class EmbedArguments:
     """Embed a folder / list file / saved dataset into resumable Arrow shards."""
 
-    input: str = field(metadata={"help": "Folder of images, saved datasets.Dataset, or a .txt list of files."})
-    model: str = field(metadata={"help": "Checkpoint folder, Hub id, or TorchScript file."})
-    output_dir: str = field(metadata={"help": "Embedding directory (resumes when it already holds shards)."})
-    name: str = field(default="pool", metadata={"help": "Name of the set (for messages)."})
-    image_column: Optional[str] = None
-    image_size: Optional[int] = None
-    pooling: str = field(default="cls", metadata={"help": "cls, mean or cls+mean."})
-    batch_size: int = 32
-    shard_size: int = 4096
-    storage_dtype: str = field(default="float16", metadata={"help": "float16 or float32."})
-    precision: str = field(default="auto", metadata={"help": "auto, bfloat16, float16 or float32."})
-    device: str = "auto"
-    num_workers: int = 0
+    input: str = _opt(None, "Folder of images (searched recursively), a saved datasets.Dataset, or a .txt file "
+                            "listing image paths.")
+    model: str = _opt(None, "Checkpoint folder, Hub id (e.g. facebook/dinov2-small) or TorchScript file.")
+    output_dir: str = _opt(None, "Embedding directory; a run into a directory that already holds shards made "
+                                 "with the same settings resumes.")
+    name: str = _opt("pool", "Name of the set (in messages).")
+    image_column: Optional[str] = _opt(None, "Image column of a dataset input (default: the first Image column).")
+    image_size: Optional[int] = _opt(None, "Crop size (default: the checkpoint's preprocessing, else 224).")
+    pooling: str = _opt("cls", "Image feature: CLS token, mean of patch tokens, or both concatenated.",
+                        choices=("cls", "mean", "cls+mean"))
+    batch_size: int = _opt(32, "Images per forward pass.")
+    shard_size: int = _opt(4096, "Images per shard (the unit a killed run resumes from).")
+    storage_dtype: str = _opt("float16", "Embedding dtype on disk.", choices=("float16", "float32"))
+    precision: str = _opt("auto", "Compute dtype; auto = bf16 where the CPU/GPU supports it.",
+                          choices=("auto", "bfloat16", "float16", "float32"))
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N.")
+    num_workers: int = _opt(0, "DataLoader workers decoding images.")
+    overwrite: bool = _opt(False, "Delete shards made with other settings instead of stopping with an error.")
 
 
 @dataclass
 class IndexArguments:
-    index_type: str = field(default="auto", metadata={"help": "auto, flat, ivf or hnsw."})
-    nprobe: Optional[int] = None
-    nlist: Optional[int] = None
-    faiss_device: str = field(default="auto", metadata={"help": "cpu, auto (GPU if faiss sees one) or cuda:N."})
+    index_type: str = _opt("auto", "FAISS index: auto picks exact (flat) search up to 50k vectors, IVF above.",
+                           choices=("auto", "flat", "ivf", "hnsw"))
+    nprobe: Optional[int] = _opt(None, "IVF lists visited per query (default 8; higher = better recall, slower).")
+    nlist: Optional[int] = _opt(None, "IVF lists (default about N / 1024).")
+    faiss_device: str = _opt("auto", "cpu, auto (a GPU if faiss sees one) or cuda:N.")
 
 
 @dataclass
 class DedupArguments(IndexArguments):
-    """Self-de-duplication of one embedding directory."""
+    """Self-de-duplication of one embedding directory: k-NN graph, threshold, one keeper per component."""
 
-    embeddings: str = field(default=None, metadata={"help": "Embedding directory (from `embed`)."})
-    output_dir: str = field(default=None, metadata={"help": "Where to write kept.npy, removal_log.parquet."})
-    threshold: float = 0.6
-    k: int = 64
+    embeddings: str = _opt(None, "Embedding directory (from `embed`).")
+    output_dir: str = _opt(None, "Where to write kept.npy, components.npy, removal_log.parquet, result.json.")
+    threshold: float = _opt(0.6, "Cosine above which two images are duplicates (paper: 0.6 with SSCD features; "
+                                 "calibrate for your model).")
+    k: int = _opt(64, "Neighbours per image in the k-NN graph.")
 
 
 @dataclass
 class DecontaminateArguments(IndexArguments):
-    """Remove pool items near any evaluation item (whole components)."""
+    """Remove pool items near any evaluation item (whole duplicate components, as the paper does)."""
 
-    embeddings: str = field(default=None, metadata={"help": "Pool embedding directory."})
-    eval_embeddings: list[str] = field(default_factory=list, metadata={"help": "Evaluation embedding directories."})
-    output_dir: str = field(default=None)
-    threshold: float = 0.45
-    k: int = 64
-    only_direct_matches: bool = False
+    embeddings: str = _opt(None, "Pool embedding directory.")
+    eval_embeddings: list[str] = _opt(None, "One or more evaluation-set embedding directories.", default_factory=list)
+    output_dir: str = _opt(None, "Where to write kept.npy, removal_log.parquet, result.json.")
+    threshold: float = _opt(0.45, "Cosine above which a pool image matches an evaluation image (paper: 0.45).")
+    k: int = _opt(64, "Neighbours searched per image.")
+    only_direct_matches: bool = _opt(False, "Remove only direct matches, not their whole duplicate component.")
 
 
 @dataclass
 class RetrieveArguments(IndexArguments):
-    """Retrieve pool items near a seed set (sample- or cluster-based)."""
+    """Retrieve pool items near a seed set: top-N per seed (sample) or from dense seed clusters (cluster)."""
 
-    embeddings: str = field(default=None, metadata={"help": "Pool embedding directory."})
-    seed_embeddings: str = field(default=None, metadata={"help": "Seed-set embedding directory."})
-    output_dir: str = field(default=None)
-    mode: str = field(default="sample", metadata={"help": "sample or cluster."})
-    n_neighbors: int = 4
-    n_clusters: Optional[int] = None
-    min_seeds: int = 3
-    per_cluster: int = 10_000
-    max_total: Optional[int] = 1_000_000
-    seed: int = 0
+    embeddings: str = _opt(None, "Pool embedding directory.")
+    seed_embeddings: str = _opt(None, "Seed-set embedding directory.")
+    output_dir: str = _opt(None, "Where to write retrieved.npy (+ neighbors / seed arrays) and result.json.")
+    mode: str = _opt("sample", "sample: the n_neighbors nearest pool images of every seed image; cluster: "
+                               "k-means on the pool, then per_cluster images from clusters with > min_seeds seeds.",
+                     choices=("sample", "cluster"))
+    n_neighbors: int = _opt(4, "sample: pool images per seed image (paper: 4).")
+    n_clusters: Optional[int] = _opt(None, "cluster: k-means clusters on the pool (default: pool size / 50).")
+    min_seeds: int = _opt(3, "cluster: take clusters with more than this many seed images (paper: 3).")
+    per_cluster: int = _opt(10_000, "cluster: pool images taken per selected cluster (paper: 10000).")
+    max_total: Optional[int] = _opt(1_000_000, "cluster: cap on retrieved images (paper: 1M).")
+    selection: str = _opt("random", "cluster: which images of a cluster.", choices=("random", "closest"))
+    max_points_per_centroid: Optional[int] = _opt(256, "cluster: k-means training sample per centroid.")
+    seed: int = _opt(0, "Random seed.")
 
 
 @dataclass
 class ClusterArguments:
-    """Hierarchical k-means with resampling."""
+    """Hierarchical k-means with resampling (Vo et al. 2024) on one embedding directory."""
 
-    embeddings: str = field(default=None, metadata={"help": "Embedding directory."})
-    output_dir: str = field(default=None)
-    n_clusters: list[int] = field(default_factory=list, metadata={"help": "Clusters per level, finest first."})
-    n_resampling_steps: int = 10
-    resampling_strategy: str = "c"
-    n_iter: int = 20
-    max_points_per_centroid: Optional[int] = 256
-    seed: int = 0
-    faiss_device: str = "auto"
+    embeddings: str = _opt(None, "Embedding directory.")
+    output_dir: str = _opt(None, "Where to write rows.npy, level<l>.npz (centroids, assignments) and result.json.")
+    n_clusters: list[int] = _opt(None, "Clusters per level, finest first, e.g. --n_clusters 1000 100 10.",
+                                 default_factory=list)
+    n_resampling_steps: int = _opt(10, "Resampling-clustering steps at every level (0 = plain k-means).")
+    resampling_strategy: str = _opt("c", "Points kept per cluster when resampling: closest to the centroid or "
+                                         "random.", choices=("c", "r"))
+    n_iter: int = _opt(20, "Lloyd iterations per k-means run.")
+    max_points_per_centroid: Optional[int] = _opt(256, "k-means training sample per centroid.")
+    seed: int = _opt(0, "Random seed.")
+    faiss_device: str = _opt("auto", "cpu, auto (a GPU if faiss sees one) or cuda:N.")
 
 
 @dataclass
 class SampleArguments:
-    """Balanced hierarchical sampling from a `cluster` output."""
+    """Balanced hierarchical sampling from a `cluster` output (water-filling from the top level down)."""
 
-    clustering: str = field(default=None, metadata={"help": "Output directory of `cluster`."})
-    output_dir: str = field(default=None)
-    target_size: int = field(default=None)
-    strategy: str = field(default="r", metadata={"help": "r (random) or c (closest to centroid)."})
-    seed: int = 0
+    clustering: str = _opt(None, "Output directory of `cluster`.")
+    output_dir: str = _opt(None, "Where to write selected.npy (input rows, ascending) and result.json.")
+    target_size: int = _opt(None, "Images to select.")
+    strategy: str = _opt("r", "Images taken inside a finest cluster: random or closest to the centroid.",
+                         choices=("r", "c"))
+    multiplier: int = _opt(1, "Most times one image may be selected; > 1 repeats images of small clusters "
+                              "(Vo et al.), so target_size may reach multiplier x images.")
+    seed: int = _opt(0, "Random seed.")
 
 
 @dataclass
 class PushArguments:
-    """Push a curated output directory (dataset + report) to the Hub."""
+    """Push a curated output directory (dataset + report + removal log) to the Hub as a dataset repo."""
 
-    curated_dir: str = field(default=None, metadata={"help": "output_dir of `run`."})
-    repo_id: str = field(default=None)
-    private: bool = False
+    curated_dir: str = _opt(None, "output_dir of `run`.")
+    repo_id: str = _opt(None, "Hub dataset repo, e.g. user/my-curated-set.")
+    private: bool = _opt(False, "Create the repo as private.")
 
 
 ARGUMENTS = {"run": RunArguments, "embed": EmbedArguments, "dedup": DedupArguments,
              "decontaminate": DecontaminateArguments, "retrieve": RetrieveArguments, "cluster": ClusterArguments,
              "sample": SampleArguments, "push": PushArguments}
+REQUIRED = {"run": ("config",), "embed": ("input", "model", "output_dir"), "dedup": ("embeddings", "output_dir"),
+            "decontaminate": ("embeddings", "eval_embeddings", "output_dir"),
+            "retrieve": ("embeddings", "seed_embeddings", "output_dir"),
+            "cluster": ("embeddings", "output_dir", "n_clusters"), "sample": ("clustering", "output_dir", "target_size"),
+            "push": ("curated_dir", "repo_id")}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the option help, and the description / epilog printed as written."""
 
 
 def _usage() -> str:
-    lines = [__doc__.strip(), "", "steps:"]
+    lines = ["usage: dinov2-curate STEP [options]    (dinov2-curate STEP --help lists a step's options)", "",
+             __doc__.strip().replace("``", "`"), "", "steps:"]
     lines += [f"  {name:<14} {ARGUMENTS[name].__doc__.strip()}" for name in STEPS]
     return "\n".join(lines)
-
-
-def _require(args, *names) -> None:
-    missing = [n for n in names if getattr(args, n) in (None, [], "")]
-    if missing:
-        raise SystemExit(f"error: missing required option(s): {', '.join('--' + n for n in missing)}")
 
 
 def _out(path: str) -> Path:
@@ -207,7 +259,8 @@ def cmd_embed(args: EmbedArguments) -> None:
     image_set = load_image_set(spec, args.name, image_column=args.image_column)
     res = embed_images(image_set, args.model, args.output_dir, batch_size=args.batch_size, shard_size=args.shard_size,
                        pooling=args.pooling, storage_dtype=args.storage_dtype, precision=args.precision,
-                       image_size=args.image_size, device=args.device, num_workers=args.num_workers)
+                       image_size=args.image_size, device=args.device, num_workers=args.num_workers,
+                       overwrite=args.overwrite)
     payload = {"images": res.n_total, "embedded": int(res.rows.size), "undecodable": len(res.failures),
                "dim": res.embeddings.dim, "shards_computed": res.shards_computed, "failures": res.failures[:20]}
     print(json.dumps(payload, indent=2))
@@ -217,7 +270,6 @@ def cmd_dedup(args: DedupArguments) -> None:
     from .dedup import deduplicate
     from .embed import load_embeddings
 
-    _require(args, "embeddings", "output_dir")
     emb = load_embeddings(args.embeddings)
     kw = _index_kwargs(args)
     res = deduplicate(emb.embeddings, args.threshold, args.k, index_type=kw.pop("index_type"), **kw)
@@ -237,7 +289,6 @@ def cmd_decontaminate(args: DecontaminateArguments) -> None:
     from .embed import load_embeddings
     from .store import ArraySource
 
-    _require(args, "embeddings", "eval_embeddings", "output_dir")
     emb = load_embeddings(args.embeddings)
     evals = [load_embeddings(p) for p in args.eval_embeddings]
     owner = np.concatenate([np.full(e.rows.size, i) for i, e in enumerate(evals)])
@@ -262,7 +313,6 @@ def cmd_retrieve(args: RetrieveArguments) -> None:
     from .embed import load_embeddings
     from .retrieval import cluster_based_retrieval, sample_based_retrieval
 
-    _require(args, "embeddings", "seed_embeddings", "output_dir")
     emb, seeds = load_embeddings(args.embeddings), load_embeddings(args.seed_embeddings)
     out = _out(args.output_dir)
     if args.mode == "sample":
@@ -276,8 +326,11 @@ def cmd_retrieve(args: RetrieveArguments) -> None:
     elif args.mode == "cluster":
         res = cluster_based_retrieval(emb.embeddings, seeds.embeddings, args.n_clusters or max(1, emb.rows.size // 50),
                                       min_seeds=args.min_seeds, per_cluster=args.per_cluster, max_total=args.max_total,
-                                      seed=args.seed, device=args.faiss_device, max_points_per_centroid=256)
+                                      selection=args.selection, seed=args.seed, device=args.faiss_device,
+                                      max_points_per_centroid=args.max_points_per_centroid)
         np.save(out / "retrieved.npy", emb.rows[res.indices])
+        np.save(out / "seed_index.npy", seeds.rows[res.seed_index])  # the seed each retrieved image is credited to
+        np.save(out / "seed_similarity.npy", res.seed_similarity)
         payload = {"retrieved": int(res.indices.size), "selected_clusters": int(res.selected_clusters.size)}
     else:
         raise SystemExit(f"error: --mode must be sample or cluster; received {args.mode!r}")
@@ -289,7 +342,6 @@ def cmd_cluster(args: ClusterArguments) -> None:
     from .kmeans import hierarchical_kmeans
     from .report import balance_summary
 
-    _require(args, "embeddings", "output_dir", "n_clusters")
     emb = load_embeddings(args.embeddings)
     res = hierarchical_kmeans(emb.embeddings.normalized(), args.n_clusters, n_resampling_steps=args.n_resampling_steps,
                               resampling_strategy=args.resampling_strategy, n_iter=args.n_iter, seed=args.seed,
@@ -307,7 +359,6 @@ def cmd_sample(args: SampleArguments) -> None:
     from .kmeans import HierarchicalKMeansResult, KMeansLevel
     from .sampling import hierarchical_sampling
 
-    _require(args, "clustering", "output_dir", "target_size")
     src = Path(args.clustering)
     rows = np.load(src / "rows.npy")
     levels = []
@@ -316,16 +367,16 @@ def cmd_sample(args: SampleArguments) -> None:
         levels.append(KMeansLevel(z["centroids"], z["assignments"], z["distances"], z["data_assignments"], z["sizes"],
                                   int(z["n_resampling_steps"]), int(z["sample_size"])))
     res = hierarchical_sampling(HierarchicalKMeansResult(tuple(levels), int(rows.size)), args.target_size,
-                                strategy=args.strategy, seed=args.seed)
+                                strategy=args.strategy, multiplier=args.multiplier, seed=args.seed)
     out = _out(args.output_dir)
     np.save(out / "selected.npy", rows[res.indices])
-    _write_json(out, {"selected": int(res.indices.size), "of": int(rows.size)})
+    _write_json(out, {"selected": int(res.indices.size), "distinct": int(np.unique(res.indices).size),
+                      "of": int(rows.size), "multiplier": args.multiplier})
 
 
 def cmd_push(args: PushArguments) -> None:
     from .pipeline import push_curated
 
-    _require(args, "curated_dir", "repo_id")
     push_curated(args.curated_dir, args.repo_id, private=args.private)
     print(f"pushed {args.curated_dir} to {args.repo_id}")
 
@@ -344,9 +395,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     step = argv.pop(0)
     if step not in COMMANDS:
         raise SystemExit(f"error: unknown step {step!r}; choose one of {', '.join(STEPS)} (see --help).")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    parser = HfArgumentParser(ARGUMENTS[step], prog=f"dinov2-curate {step}", description=ARGUMENTS[step].__doc__)
+    epilog = None
+    if step == "run":
+        from .config import describe_settings
+
+        epilog = "config settings (YAML keys, with their defaults):\n" + describe_settings()
+    parser = HfArgumentParser(ARGUMENTS[step], prog=f"dinov2-curate {step}", description=ARGUMENTS[step].__doc__,
+                              epilog=epilog, formatter_class=_HelpFormatter)
     (args,) = parser.parse_args_into_dataclasses(argv)
+    missing = [name for name in REQUIRED[step] if getattr(args, name) in (None, [], "")]
+    if missing:
+        parser.error(f"missing required option(s): {', '.join('--' + n for n in missing)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     COMMANDS[step](args)
 
 

@@ -11,7 +11,7 @@ A config file has one section per step; every key is optional::
     decontamination: {threshold: 0.45}
     retrieval: {mode: sample, n_neighbors: 4}
     clustering: {n_clusters: [1000, 100], n_resampling_steps: 10}
-    sampling: {target_fraction: 0.5}
+    sampling: {target_fraction: 0.5}  # or target_size: 100000; multiplier: 2 allows each image twice
 
 Defaults follow DINOv2 App. A (k = 64, thresholds 0.6 / 0.45, N = 4 neighbours per seed, clusters
 with more than 3 seeds) and Vo et al. 2024 (10 resampling steps, leaf strategy "r"). The thresholds are
@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -33,110 +34,125 @@ from .retrieval import DEFAULT_MIN_SEEDS, DEFAULT_NEIGHBORS_PER_SEED, DEFAULT_PE
 RETRIEVAL_MODES = ("none", "sample", "cluster", "both")
 
 
+def _opt(default: Any, help: str):
+    """A config field with a default and a one-line explanation (shown by ``dinov2-curate run --help``)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class EmbeddingConfig:
     """How images are embedded (see :func:`curation.embed.embed_images`)."""
 
-    model: Any = None  # checkpoint path / Hub id / TorchScript file / torch.nn.Module (Python API)
-    dedup_model: Any = None  # optional copy-detection model for dedup + decontamination (SSCD in the paper)
-    pooling: str = "cls"
-    dedup_pooling: Optional[str] = None  # default: same as pooling
-    image_size: Optional[int] = None
-    batch_size: int = 32
-    shard_size: int = 4096
-    storage_dtype: str = "float16"
-    precision: str = "auto"
-    device: str = "auto"
-    num_workers: int = 0
+    model: Any = _opt(None, "required: checkpoint folder, Hub id or TorchScript file (a torch.nn.Module in Python)")
+    dedup_model: Any = _opt(None, "optional copy-detection model for dedup + decontamination (SSCD in the "
+                                  "paper); default: the same embeddings as retrieval and clustering")
+    pooling: str = _opt("cls", "image feature: cls, mean (of patch tokens) or cls+mean")
+    dedup_pooling: Optional[str] = _opt(None, "pooling of dedup_model (default: pooling)")
+    image_size: Optional[int] = _opt(None, "crop size (default: the checkpoint's preprocessing, else 224)")
+    batch_size: int = _opt(32, "images per forward pass")
+    shard_size: int = _opt(4096, "images per Arrow shard: the unit a killed run resumes from")
+    storage_dtype: str = _opt("float16", "float16 or float32 on disk")
+    precision: str = _opt("auto", "auto (bf16 where the CPU/GPU supports it), bfloat16, float16 or float32")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    num_workers: int = _opt(0, "DataLoader workers decoding images")
 
 
 @dataclass
 class DedupConfig:
     """Self-de-duplication (DINOv2 App. A.3)."""
 
-    enabled: bool = True
-    threshold: float = SELF_DEDUP_THRESHOLD
-    k: int = DEFAULT_K
+    enabled: bool = _opt(True, "remove near-duplicates inside the pool")
+    threshold: float = _opt(SELF_DEDUP_THRESHOLD, "cosine above which two images are duplicates (paper: 0.6 "
+                                                  "for SSCD features; calibrate for your model)")
+    k: int = _opt(DEFAULT_K, "neighbours per image in the k-NN graph")
 
 
 @dataclass
 class DecontaminationConfig:
     """Removal of copies of evaluation images (DINOv2 "relative dedup")."""
 
-    enabled: bool = True
-    threshold: float = DECONTAMINATION_THRESHOLD
-    k: int = DEFAULT_K
-    whole_components: bool = True
+    enabled: bool = _opt(True, "remove pool images close to any eval_sets image (needs eval_sets)")
+    threshold: float = _opt(DECONTAMINATION_THRESHOLD, "cosine above which a pool image matches an eval image "
+                                                       "(paper: 0.45 for SSCD)")
+    k: int = _opt(DEFAULT_K, "neighbours searched per image")
+    whole_components: bool = _opt(True, "also remove every pool image connected to a match, as the paper does")
 
 
 @dataclass
 class IndexConfig:
     """FAISS index used by every search (see :func:`curation.index.build_index`)."""
 
-    index_type: str = "auto"
-    nlist: Optional[int] = None
-    nprobe: Optional[int] = None
-    flat_max_size: int = 50_000
-    device: str = "auto"  # faiss device: a GPU when faiss sees one
+    index_type: str = _opt("auto", "auto (flat up to flat_max_size vectors, else IVF), flat, ivf or hnsw")
+    nlist: Optional[int] = _opt(None, "IVF lists (default: about N / 1024, so lists hold ~1024 vectors)")
+    nprobe: Optional[int] = _opt(None, "IVF lists visited per query (default: 8; raise it if recall is low on "
+                                       "your embeddings, see benchmarks/bench_faiss_search.py)")
+    flat_max_size: int = _opt(50_000, "largest set searched exactly by index_type auto")
+    device: str = _opt("auto", "faiss device: auto (a GPU when faiss sees one), cpu or cuda:N")
 
 
 @dataclass
 class RetrievalConfig:
     """Retrieval of pool images close to the seed sets (DINOv2 App. A.4)."""
 
-    mode: str = "sample"  # used only when seed sets are given
-    n_neighbors: int = DEFAULT_NEIGHBORS_PER_SEED
-    min_similarity: Optional[float] = None
-    n_clusters: Optional[int] = None  # cluster-based: default reuses the finest clustering level
-    min_seeds: int = DEFAULT_MIN_SEEDS
-    per_cluster: int = DEFAULT_PER_CLUSTER
-    max_total: Optional[int] = 1_000_000
-    selection: str = "random"
+    mode: str = _opt("sample", "none, sample (top-N per seed), cluster (dense seed clusters) or both; "
+                               "used only when seeds are given")
+    n_neighbors: int = _opt(DEFAULT_NEIGHBORS_PER_SEED, "sample: pool images per seed image (paper: 4)")
+    min_similarity: Optional[float] = _opt(None, "sample: drop neighbours at or below this cosine")
+    n_clusters: Optional[int] = _opt(None, "cluster: k-means clusters on the pool (default: reuse the finest "
+                                           "clustering level)")
+    min_seeds: int = _opt(DEFAULT_MIN_SEEDS, "cluster: take clusters with more than this many seeds (paper: 3)")
+    per_cluster: int = _opt(DEFAULT_PER_CLUSTER, "cluster: pool images taken per cluster (paper: 10000)")
+    max_total: Optional[int] = _opt(1_000_000, "cluster: cap per seed set (paper: 1M), split evenly over clusters")
+    selection: str = _opt("random", "cluster: which images of a cluster, random or closest (to the centroid)")
 
 
 @dataclass
 class ClusteringConfig:
     """Hierarchical k-means with resampling (Vo et al. 2024)."""
 
-    enabled: bool = True
-    n_clusters: Optional[list] = None  # finest first; default: ~N/50, then /10 per level (up to 3 levels)
-    n_resampling_steps: Union[int, list] = 10
-    sample_size: Union[int, list, None] = None
-    resampling_strategy: str = "c"
-    n_iter: int = 20
-    max_points_per_centroid: Optional[int] = 256
+    enabled: bool = _opt(True, "cluster the candidates (needed for sampling and for the report's balance figures)")
+    n_clusters: Optional[list] = _opt(None, "clusters per level, finest first, e.g. [1000, 100] (default: about "
+                                            "N/50, then /10 per level, up to 3 levels)")
+    n_resampling_steps: Union[int, list] = _opt(10, "resampling steps per level (one int or one per level)")
+    sample_size: Union[int, list, None] = _opt(None, "points per cluster in a resampling step (default: half the "
+                                                     "mean cluster size)")
+    resampling_strategy: str = _opt("c", "resampling picks c (closest to the centroid) or r (random)")
+    n_iter: int = _opt(20, "Lloyd iterations per k-means run")
+    max_points_per_centroid: Optional[int] = _opt(256, "k-means training sample per centroid (null: all points)")
 
 
 @dataclass
 class SamplingConfig:
     """Balanced top-down sampling of the clustered candidates; off unless a target is set."""
 
-    target_size: Optional[int] = None
-    target_fraction: Optional[float] = None
-    strategy: str = "r"
+    target_size: Optional[int] = _opt(None, "images in the balanced sample (set this or target_fraction)")
+    target_fraction: Optional[float] = _opt(None, "the sample as a fraction of the candidates left after dedup "
+                                                  "and decontamination")
+    strategy: str = _opt("r", "images taken inside a finest cluster: r (random) or c (closest to the centroid)")
+    multiplier: int = _opt(1, "most copies of one image; > 1 tiles small clusters (Vo et al.); 1 = no repeats")
 
 
 @dataclass
 class HubConfig:
     """Optional upload of the curated dataset (``Dataset.push_to_hub``)."""
 
-    repo_id: Optional[str] = None
-    private: bool = False
-    token: Optional[str] = None
+    repo_id: Optional[str] = _opt(None, "push the curated dataset to this Hub dataset repo")
+    private: bool = _opt(False, "create the repo as private")
+    token: Optional[str] = _opt(None, "Hub token (default: the logged-in one)")
 
 
 @dataclass
 class CurationConfig:
     """The whole pipeline."""
 
-    pool: Any = None
-    seeds: Any = None  # one set, or {name: set}
-    eval_sets: Any = None  # one set, or {name: set}
-    image_column: Optional[str] = None
-    output_dir: str = "curated"
-    include_seeds: bool = False  # add the seed images themselves to the output ("as-is" rows of LVD-142M)
-    seed: int = 0
-    progress: bool = True
+    pool: Any = _opt(None, "required: the uncurated images: a folder, a list of files or a saved datasets.Dataset")
+    seeds: Any = _opt(None, "curated seed sets for retrieval: one set, or {name: set}")
+    eval_sets: Any = _opt(None, "evaluation sets to protect (decontamination): one set, or {name: set}")
+    image_column: Optional[str] = _opt(None, "image column of dataset inputs (default: the first Image column)")
+    output_dir: str = _opt("curated", "where the dataset, removal log, report and embeddings go")
+    include_seeds: bool = _opt(False, "add the seed images themselves to the output (the as-is rows of LVD-142M)")
+    seed: int = _opt(0, "random seed of every step")
+    progress: bool = _opt(True, "progress bars")
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
@@ -166,8 +182,11 @@ class CurationConfig:
         s = self.sampling
         if s.target_size is not None and s.target_fraction is not None:
             raise ValueError("set sampling.target_size or sampling.target_fraction, not both.")
-        if s.target_fraction is not None and not 0 < s.target_fraction <= 1:
-            raise ValueError(f"sampling.target_fraction must be in (0, 1]; received {s.target_fraction}.")
+        if isinstance(s.multiplier, bool) or not isinstance(s.multiplier, int) or s.multiplier < 1:
+            raise ValueError(f"sampling.multiplier must be an integer >= 1; received {s.multiplier!r}.")
+        if s.target_fraction is not None and not 0 < s.target_fraction <= s.multiplier:
+            raise ValueError(f"sampling.target_fraction must be in (0, sampling.multiplier = {s.multiplier}]; "
+                             f"received {s.target_fraction}.")
         if s.target_size is not None and s.target_size < 1:
             raise ValueError(f"sampling.target_size must be >= 1; received {s.target_size}.")
         if (s.target_size is not None or s.target_fraction is not None) and not self.clustering.enabled:
@@ -214,6 +233,20 @@ _SECTIONS = {
     "decontamination": DecontaminationConfig, "retrieval": RetrievalConfig, "clustering": ClusteringConfig,
     "sampling": SamplingConfig, "hub": HubConfig,
 }
+
+
+def describe_settings() -> str:
+    """Every config key with its default and meaning, one section per step (for ``dinov2-curate run --help``)."""
+    lines = []
+    for section_name, cls in [("", CurationConfig), *_SECTIONS.items()]:
+        fields = [f for f in dataclasses.fields(cls) if f.name not in _SECTIONS]
+        doc = re.sub(r":\w+:`~?([^`]+)`", r"\1", cls.__doc__.strip()).replace("``", "")
+        lines.append(f"{section_name}:  # {doc}" if section_name else "top level:")
+        for f in fields:
+            default = f.default if f.default is not dataclasses.MISSING else None
+            shown = json.dumps(default) if isinstance(default, (str, int, float, bool, type(None))) else repr(default)
+            lines.append(f"  {f.name}: {shown}  # {f.metadata.get('help', '')}")
+    return "\n".join(lines)
 
 
 def _build(cls, values: dict, where: str):

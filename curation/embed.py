@@ -6,7 +6,9 @@ on CPUs that support it), and writes every ``shard_size`` input rows as one Arro
 (``fixed_size_list<float16|float32>[d]``). A shard is written to a temporary name and renamed when
 complete, so a killed run leaves only whole shards behind, and the next call computes only the missing
 ones. Images that cannot be decoded are listed with the reason in ``shard-00000.failures.json`` (written
-before the shard is renamed) and never get an embedding.
+before the shard is renamed) and never get an embedding. On resume, leftover ``*.tmp`` files are
+deleted, and every shard on disk is checked (readable, embeddings + failures = its input rows); a
+damaged one is computed again.
 
 The directory also holds ``embedding_meta.json``: the model, pooling, preprocessing, storage dtype and a
 fingerprint of the input. Resuming with different settings raises an error instead of mixing
@@ -306,13 +308,26 @@ def _collate(items):
     return items
 
 
+def _replace_durably(tmp: Path, final: Path) -> None:
+    """Flush ``tmp`` to disk, then rename it to ``final`` (atomic on POSIX file systems)."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
 def _write_shard(directory: Path, shard: int, rows: list, vectors: np.ndarray, failures: list, storage_dtype: str) -> None:
-    """Write one shard atomically: failures first, then the Arrow file under a temporary name, then rename."""
+    """Write one shard atomically: failures first, then the Arrow file, each under a temporary name, then rename.
+
+    The Arrow file is renamed last, so its presence means that the shard and its failures are complete.
+    """
     from datasets import Features, List, Value
     from datasets.arrow_writer import ArrowWriter
 
     dim = vectors.shape[1]
-    _failures_path(directory, shard).write_text(json.dumps(failures))
+    failures_file = _failures_path(directory, shard)
+    failures_tmp = failures_file.with_suffix(".json.tmp")
+    failures_tmp.write_text(json.dumps(failures))
+    _replace_durably(failures_tmp, failures_file)
     final = _shard_path(directory, shard)
     tmp = final.with_suffix(".arrow.tmp")
     features = Features({"row": Value("int64"), "embedding": List(Value(storage_dtype), length=dim)})
@@ -320,7 +335,25 @@ def _write_shard(directory: Path, shard: int, rows: list, vectors: np.ndarray, f
     writer.write_batch({"row": np.asarray(rows, dtype=np.int64), "embedding": vectors.astype(storage_dtype)})
     writer.finalize()
     writer.close()
-    os.replace(tmp, final)
+    _replace_durably(tmp, final)
+
+
+def _shard_problem(directory: Path, shard: int, expected_rows: int) -> Optional[str]:
+    """``None`` when shard ``shard`` on disk is whole (readable, embeddings + failures = its rows), else what is wrong.
+
+    Reads only the Arrow metadata of the memory-mapped file, so checking every shard on resume is cheap.
+    """
+    import pyarrow as pa
+
+    try:
+        n_failures = len(json.loads(_failures_path(directory, shard).read_text()))
+        with pa.memory_map(str(_shard_path(directory, shard))) as source:
+            n_embedded = sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+    except (OSError, ValueError, pa.ArrowException) as err:  # json.JSONDecodeError is a ValueError
+        return f"{type(err).__name__}: {err}"
+    if n_embedded + n_failures != expected_rows:
+        return f"{n_embedded} embeddings + {n_failures} failures for {expected_rows} input rows"
+    return None
 
 
 def embed_images(
@@ -391,9 +424,19 @@ def embed_images(
         else:
             settings.dim = old.get("dim")
     n_shards = (n + shard_size - 1) // shard_size
-    todo = [s for s in range(n_shards) if not _shard_path(directory, s).exists()]
     for stale in (directory / SHARD_DIR).glob("*.tmp"):  # left by a run killed while writing
         stale.unlink()
+    todo = []
+    for s in range(n_shards):
+        if _shard_path(directory, s).exists():
+            problem = _shard_problem(directory, s, min(shard_size, n - s * shard_size))
+            if problem is None:
+                continue
+            logger.warning("%s: shard %d is damaged (%s); computing it again", directory, s, problem)
+            _shard_path(directory, s).unlink()
+        todo.append(s)
+    if todo and len(todo) < n_shards:
+        logger.info("%s: resuming, %d of %d shards are done", directory, n_shards - len(todo), n_shards)
     meta_file.write_text(json.dumps(asdict(settings), indent=2))
 
     module = loaded.module.to(device)

@@ -106,9 +106,10 @@ def _derive_seed(seed: int, *path: int) -> int:
 
 
 def assign_to_centroids(
-    x: Any, centroids: Any, *, batch_size: int = 65_536, device: Union[str, int, None] = "cpu"
+    x: Any, centroids: Any, *, batch_size: int = 65_536, device: Union[str, int, None] = "cpu",
+    progress: bool = False, desc: str = "assigning to centroids",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid (squared L2) of every row of ``x`` (array or source), read in batches.
+    """Nearest centroid (squared L2) of every row of ``x`` (array or source), read in batches (tqdm bar if ``progress``).
 
     Returns:
         ``(assignments (n,) int64, distances (n,) float32)``.
@@ -123,10 +124,13 @@ def assign_to_centroids(
     index.add(c)
     assign = np.empty(xs.n, dtype=np.int64)
     dist = np.empty(xs.n, dtype=np.float32)
+    bar = tqdm(total=xs.n, desc=desc, unit="item", disable=not progress)
     for s, block in xs.batches(batch_size):
         d_blk, i_blk = index.search(check_embeddings(block, "x"), 1)
         assign[s : s + block.shape[0]] = i_blk[:, 0]
         dist[s : s + block.shape[0]] = d_blk[:, 0]
+        bar.update(block.shape[0])
+    bar.close()
     return assign, dist
 
 
@@ -142,6 +146,7 @@ def kmeans(
     n_redo: int = 1,
     verbose: bool = False,
     device: Union[str, int, None] = "cpu",
+    progress: bool = False,
 ) -> KMeansResult:
     """Flat k-means with ``faiss.Kmeans``, followed by an assignment of every row.
 
@@ -159,6 +164,8 @@ def kmeans(
         n_redo: restarts; the best objective is kept.
         verbose: faiss verbose output.
         device: ``"cpu"``, ``"auto"`` (a GPU when faiss sees one) or a GPU ordinal.
+        progress: tqdm bar over the final assignment of every row (training is one faiss call;
+            ``verbose=True`` prints its iterations).
 
     ``x`` may be an :class:`~curation.store.EmbeddingSource`: only the training sample
     (``k * max_points_per_centroid`` rows, seeded) is loaded, and the final assignment
@@ -209,7 +216,8 @@ def kmeans(
     km.train(train_x)
     del train_x
     centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
-    assign, dist = assign_to_centroids(xs, centroids, device=device)
+    assign, dist = assign_to_centroids(xs, centroids, device=device, progress=progress,
+                                       desc=f"k-means (k={n_clusters}): assigning")
     return KMeansResult(centroids, assign, dist, float(dist.sum(dtype=np.float64)))
 
 

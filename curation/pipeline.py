@@ -13,12 +13,20 @@ Steps, in the order of DINOv2 App. A and Vo et al. 2024 (each can be switched of
 5. **Select**: retrieval around the seed sets (sample- and/or cluster-based) and/or balanced
    hierarchical sampling to a target size. Candidates not selected are removed with reason
    ``not_retrieved`` / ``not_sampled`` / ``not_selected``. With no selection step, all candidates stay.
-6. **Write** the curated dataset (image + provenance columns) with ``save_to_disk``, the removal log
-   (``removal_log.parquet``: item, reason, matched item, similarity), ``report.json`` and
-   ``cluster_sizes.png``; optionally ``push_to_hub``.
+   Retrieved items record the seed that retrieved them (set, row, cosine similarity, mode). With
+   ``sampling.multiplier > 1`` an item of a small cluster can be selected several times; it then
+   appears that many times in the output (column ``copies``).
+6. **Write** the curated dataset with ``save_to_disk``, the removal log (``removal_log.parquet``: item,
+   reason, matched item, similarity), ``report.json`` and ``cluster_sizes.png``; optionally
+   ``push_to_hub``. The dataset keeps every column of the pool and adds the provenance columns
+   ``source_set``, ``source_index``, ``duplicate_component(_size)``, ``selected_by``, ``copies``,
+   ``retrieval_mode``, ``retrieval_seed_set``, ``retrieval_seed_index``, ``retrieval_similarity`` and
+   ``cluster_level_<l>``. With ``include_seeds`` the seed images are appended (``selected_by = "seed"``)
+   and the output holds the union of the pool's and the seed sets' columns, ``None`` where a set lacks
+   one (e.g. a ``label`` column survives; see ``_curated_dataset`` for mismatched types).
 
 The accounting (kept + removed-with-reason = total, for every input set) is checked before anything
-is written.
+is written, and so is the size of the curated dataset (kept pool items + extra copies + seed items).
 
 Python use (the CLI ``dinov2-curate run --config cfg.yaml`` does the same)::
 
@@ -37,6 +45,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .config import CurationConfig
 from .dedup import deduplicate, decontaminate, knn_edges
@@ -301,6 +310,16 @@ def curate(
     seed_set_of = np.full(candidates.size, "", dtype=object)
     seed_index_of = np.full(candidates.size, -1, dtype=np.int64)
     seed_sim_of = np.full(candidates.size, np.nan, dtype=np.float32)
+    seed_mode_of = np.full(candidates.size, "", dtype=object)
+
+    def credit(positions, similarities, seed_rows, name: str, mode: str) -> None:
+        """Mark candidates as retrieved; record their seed where it is more similar than the one recorded."""
+        selected_retrieval[positions] = True
+        better = ~(seed_sim_of[positions] >= similarities)  # NaN (no seed yet) never compares >=
+        pos = positions[better]
+        seed_set_of[pos], seed_index_of[pos] = name, seed_rows[better]
+        seed_sim_of[pos], seed_mode_of[pos] = similarities[better], mode
+
     rt = cfg.retrieval
     use_retrieval = bool(seed_sets) and rt.mode != "none" and candidates.size > 0
     retrieval_report = {}
@@ -321,14 +340,9 @@ def curate(
                 seed_pos = np.repeat(np.arange(res.neighbors.shape[0]), res.neighbors.shape[1])
                 ok = flat_c >= 0
                 order = np.argsort(-flat_s[ok], kind="stable")  # best similarity first, per item
-                c, s, q = flat_c[ok][order], flat_s[ok][order], seed_pos[ok][order]
+                c, sim, q = flat_c[ok][order], flat_s[ok][order], seed_pos[ok][order]
                 first = np.unique(c, return_index=True)[1]
-                c, s, q = c[first], s[first], q[first]
-                better = ~(seed_sim_of[c] >= s)
-                seed_set_of[c[better]] = name
-                seed_index_of[c[better]] = seed_emb.rows[q[better]]
-                seed_sim_of[c[better]] = s[better]
-                selected_retrieval[c] = True
+                credit(c[first], sim[first], seed_emb.rows[q[first]], name, "sample")
                 entry["sample"] = {"n_neighbors": n_nb, "nominal": res.n_nominal, "unique": res.n_unique,
                                    "collisions": res.n_collisions}
             if rt.mode in ("cluster", "both"):
@@ -339,11 +353,9 @@ def curate(
                     selection=rt.selection, seed=cfg.seed, device=cfg.index.device,
                     max_points_per_centroid=cl.max_points_per_centroid,
                     centroids=clustering.levels[0].centroids if reuse else None,
-                    pool_assignments=level_ids[0] if reuse else None,
+                    pool_assignments=level_ids[0] if reuse else None, progress=cfg.progress,
                 )
-                new = res_c.indices[seed_set_of[res_c.indices] == ""]
-                seed_set_of[new] = name
-                selected_retrieval[res_c.indices] = True
+                credit(res_c.indices, res_c.seed_similarity, seed_emb.rows[res_c.seed_index], name, "cluster")
                 entry["cluster"] = {"selected_clusters": int(res_c.selected_clusters.size),
                                     "retrieved": int(res_c.indices.size)}
             retrieval_report[name] = entry
@@ -352,20 +364,24 @@ def curate(
 
     sp = cfg.sampling
     use_sampling = (sp.target_size is not None or sp.target_fraction is not None) and clustering is not None
-    selected_sampling = np.zeros(candidates.size, dtype=bool)
+    sample_copies = np.zeros(candidates.size, dtype=np.int64)
     sampling_report = {}
     if use_sampling:
         target = sp.target_size if sp.target_size is not None else int(round(sp.target_fraction * candidates.size))
         target = max(1, target)
-        if target > candidates.size:
-            logger.warning("sampling.target_size %d exceeds the %d candidates; keeping all", target, candidates.size)
+        most = sp.multiplier * candidates.size
+        if target > most:
+            logger.warning("sampling.target_size %d exceeds multiplier x candidates = %d; taking %d", target, most, most)
             sampling_report["target_clamped_from"] = int(target)
-            target = candidates.size
-        res_s = hierarchical_sampling(clustering, int(target), strategy=sp.strategy, seed=cfg.seed,
-                                      progress=cfg.progress)
-        selected_sampling[res_s.indices] = True
-        sampling_report["target_size"] = int(target)
+            target = most
+        res_s = hierarchical_sampling(clustering, int(target), strategy=sp.strategy, multiplier=sp.multiplier,
+                                      seed=cfg.seed, progress=cfg.progress)
+        sample_copies = np.bincount(res_s.indices, minlength=candidates.size).astype(np.int64)
+        sampling_report.update({"target_size": int(target), "multiplier": int(sp.multiplier),
+                                "distinct_items": int((sample_copies > 0).sum()),
+                                "extra_copies": int(target - (sample_copies > 0).sum())})
         counts["sampled"] = int(target)
+    selected_sampling = sample_copies > 0
     lap("sampling")
 
     if use_retrieval or use_sampling:
@@ -377,6 +393,7 @@ def curate(
         chosen = np.ones(candidates.size, dtype=bool)
     final_pos = np.flatnonzero(chosen)
     final_rows = candidates[final_pos]
+    copies = np.maximum(sample_copies[final_pos], 1)  # retrieved-only items appear once
     counts["final_pool"] = int(final_rows.size)
 
     # ------------------------------------------------------------------ accounting
@@ -399,6 +416,8 @@ def curate(
         "duplicate_component": component[final_rows],
         "duplicate_component_size": component_size[final_rows],
         "selected_by": selected_by,
+        "copies": copies,
+        "retrieval_mode": seed_mode_of[final_pos],
         "retrieval_seed_set": seed_set_of[final_pos],
         "retrieval_seed_index": seed_index_of[final_pos],
         "retrieval_similarity": seed_sim_of[final_pos],
@@ -406,34 +425,42 @@ def curate(
     n_levels = len(level_ids)
     for lvl in range(n_levels):
         provenance[f"cluster_level_{lvl}"] = level_ids[lvl][final_pos]
-    dataset = _build_dataset(pool_set, final_rows, provenance)
-    if cfg.include_seeds and seed_sets:
-        dataset = _append_seeds(dataset, pool_set, seed_sets, semantic, provenance.keys(), n_levels)
+    provenance = {name: np.repeat(values, copies) for name, values in provenance.items()}
+    seed_parts = {name: semantic[name].rows for name in seed_sets} if cfg.include_seeds else {}
+    dataset = _curated_dataset(pool_set, np.repeat(final_rows, copies), provenance, seed_sets, seed_parts, n_levels)
+    output = {"rows": len(dataset), "pool_items": int(final_rows.size),
+              "pool_extra_copies": int(copies.sum() - final_rows.size),
+              "seed_items": {name: int(rows.size) for name, rows in seed_parts.items()}}
+    if output["rows"] != output["pool_items"] + output["pool_extra_copies"] + sum(output["seed_items"].values()):
+        raise AssertionError(f"the curated dataset does not match the kept items: {output}")  # internal invariant
+    counts["output_rows"] = output["rows"]
     dataset.save_to_disk(str(out / "dataset"))
     from datasets import load_from_disk
 
     dataset = load_from_disk(str(out / "dataset"))
-    removal_log = _removal_log(pool_set, ledger, seed_sets, eval_sets_, semantic)
+    removal_log = _removal_log(pool_set, ledger, seed_sets, eval_sets_, semantic, copy_emb, progress=cfg.progress)
     removal_log.to_parquet(str(out / "removal_log.parquet"))
     lap("write")
 
     if clustering is not None:
         # The whole decodable pool, assigned to the finest centroids, shows what dedup removed too.
         pool_ids = [assign_to_centroids(_aligned(semantic[POOL], valid).normalized(), clustering.levels[0].centroids,
-                                        device=cfg.index.device)[0]]
+                                        device=cfg.index.device, progress=cfg.progress,
+                                        desc="report: pool cluster sizes")[0]]
         for level in clustering.levels[1:]:
             pool_ids.append(level.assignments[pool_ids[-1]])
         ks = [lv.centroids.shape[0] for lv in clustering.levels]
         hist = {
             "pool": [np.bincount(ids, minlength=k) for ids, k in zip(pool_ids, ks)],
             "candidates": [np.bincount(ids, minlength=k) for ids, k in zip(level_ids, ks)],
-            "curated": [np.bincount(ids[final_pos], minlength=k) for ids, k in zip(level_ids, ks)],
+            "curated": [np.bincount(ids[final_pos], weights=copies, minlength=k).astype(np.int64)
+                        for ids, k in zip(level_ids, ks)],
         }
         report["clustering"] = {"n_clusters": [int(k) for k in ks],
                                 **{stage: [balance_summary(h) for h in hs] for stage, hs in hist.items()}}
         plot_cluster_sizes(hist, out / "cluster_sizes.png",
                            title=f"cluster sizes: {valid.size} decodable -> {candidates.size} after dedup and "
-                                 f"decontamination -> {final_rows.size} curated")
+                                 f"decontamination -> {int(copies.sum())} curated")
     report.update({
         "thresholds": {"dedup": dedup_cfg.threshold if dedup_cfg.enabled else None,
                        "decontamination": decon_cfg.threshold if run_decon else None,
@@ -443,6 +470,7 @@ def curate(
         "retrieval": retrieval_report,
         "sampling": sampling_report,
         "accounting": accounting,
+        "output": output,
         "output_rows": len(dataset),
         "timings_s": timings,
         "files": {"dataset": str(out / "dataset"), "removal_log": str(out / "removal_log.parquet"),
@@ -462,39 +490,99 @@ def _count(values: np.ndarray) -> dict:
     return {str(n): int(c) for n, c in zip(names, counts)}
 
 
-def _build_dataset(image_set: ImageSet, rows: np.ndarray, provenance: dict):
+def _curated_dataset(pool_set: ImageSet, pool_rows: np.ndarray, provenance: dict, seed_sets: dict,
+                     seed_rows: dict, n_levels: int):
+    """The curated ``datasets.Dataset``: the selected pool rows (all their columns) plus provenance columns.
+
+    With seed images included (``seed_rows`` not empty), the output has the pool's image column, the union
+    of the other columns of the pool and of those seed sets, and the provenance columns. A set that lacks
+    a column gets ``None`` there. A column whose type differs between sets is cast to the first set's type;
+    class labels with different names (or class labels next to strings) become their string names, so a
+    ``label`` column means the same in every row. Types that cannot be cast raise a ``ValueError``.
+    """
     from datasets import Image
 
-    ds = image_set.dataset.select(rows.tolist())
-    for name, values in provenance.items():
-        if name in ds.column_names:
-            ds = ds.remove_columns(name)
-        ds = ds.add_column(name, values.tolist() if values.dtype == object else values)
-    return ds.cast_column(image_set.image_column, Image())
-
-
-def _append_seeds(dataset, pool_set: ImageSet, seed_sets: dict, semantic: dict, provenance_names, n_levels: int):
-    from datasets import Image, concatenate_datasets
-
-    parts = [dataset]
-    keep_cols = [pool_set.image_column, *provenance_names]
-    for name, seed_set in seed_sets.items():
-        rows = semantic[name].rows
-        ds = seed_set.dataset.select(rows.tolist())
-        if seed_set.image_column != pool_set.image_column:
-            ds = ds.rename_column(seed_set.image_column, pool_set.image_column)
-        ds = ds.select_columns([pool_set.image_column]).cast_column(pool_set.image_column, Image())
-        n = len(ds)
-        extra = {"source_set": [name] * n, "source_index": rows, "duplicate_component": np.full(n, -1),
-                 "duplicate_component_size": np.zeros(n, np.int64), "selected_by": ["seed"] * n,
-                 "retrieval_seed_set": [""] * n, "retrieval_seed_index": np.full(n, -1),
+    image = pool_set.image_column
+    parts = [(pool_set, pool_rows, provenance)]
+    for name, rows in seed_rows.items():
+        n = rows.size
+        extra = {"source_set": np.full(n, name, dtype=object), "source_index": rows,
+                 "duplicate_component": np.full(n, -1, np.int64), "duplicate_component_size": np.zeros(n, np.int64),
+                 "selected_by": np.full(n, "seed", dtype=object), "copies": np.ones(n, np.int64),
+                 "retrieval_mode": np.full(n, "", dtype=object), "retrieval_seed_set": np.full(n, "", dtype=object),
+                 "retrieval_seed_index": np.full(n, -1, np.int64),
                  "retrieval_similarity": np.full(n, np.nan, np.float32)}
         for lvl in range(n_levels):
-            extra[f"cluster_level_{lvl}"] = np.full(n, -1)
-        for col, values in extra.items():
-            ds = ds.add_column(col, values)
-        parts.append(ds.cast(dataset.select_columns(keep_cols).features))
-    return concatenate_datasets([p.select_columns(keep_cols) for p in parts])
+            extra[f"cluster_level_{lvl}"] = np.full(n, -1, np.int64)
+        parts.append((seed_sets[name], rows, extra))
+
+    datasets_ = []
+    for image_set, rows, columns in parts:
+        ds = image_set.dataset.select(rows.tolist())
+        if image_set.image_column != image:
+            if image in ds.column_names:
+                raise ValueError(f"{image_set.name}: its column {image!r} would clash with the pool's image column "
+                                 f"{image!r} (its own image column is {image_set.image_column!r}); rename one of them.")
+            ds = ds.rename_column(image_set.image_column, image)
+        clashes = [c for c in columns if c in ds.column_names]
+        if clashes:
+            logger.warning("%s: columns %s are replaced by the curation provenance columns", image_set.name, clashes)
+            ds = ds.remove_columns(clashes)
+        for col, values in columns.items():
+            ds = ds.add_column(col, values.tolist() if values.dtype == object else values)
+        datasets_.append(ds.cast_column(image, Image()))
+    if len(datasets_) == 1:
+        return datasets_[0]
+    return _concatenate_with_shared_columns(datasets_, [p[0].name for p in parts], image, list(provenance))
+
+
+def _concatenate_with_shared_columns(parts: list, names: list, image: str, provenance_names: list):
+    """Concatenate datasets on the union of their columns (see :func:`_curated_dataset` for the rule)."""
+    from datasets import ClassLabel, Features, Value, concatenate_datasets
+
+    data_columns: list = []
+    for ds in parts:
+        data_columns += [c for c in ds.column_names if c not in data_columns and c != image and c not in provenance_names]
+    features = {image: parts[0].features[image]}
+    for col in data_columns:
+        present = [ds.features[col] for ds in parts if col in ds.column_names]
+        label_like = all(isinstance(f, ClassLabel) or f == Value("string") for f in present)
+        if all(f == present[0] for f in present):
+            features[col] = present[0]
+        elif label_like:
+            features[col] = Value("string")
+            parts = [_class_names(ds, col) if col in ds.column_names else ds for ds in parts]
+        else:
+            features[col] = present[0]
+    features.update({c: parts[0].features[c] for c in provenance_names})
+    features = Features(features)
+    aligned = []
+    for ds, name in zip(parts, names):
+        for col in data_columns:
+            if col not in ds.column_names:
+                ds = ds.add_column(col, [None] * len(ds))
+        ds = ds.select_columns(list(features))
+        try:
+            ds = ds.cast(features)
+        except (TypeError, ValueError) as err:
+            diff = {c: (str(ds.features[c]), str(features[c])) for c in data_columns if ds.features[c] != features[c]}
+            raise ValueError(f"{name}: cannot align its columns with the pool's for include_seeds "
+                             f"(column: (its type, expected type)) {diff}; cast them first ({err}).") from err
+        aligned.append(ds)
+    return concatenate_datasets(aligned)
+
+
+def _class_names(ds, col: str):
+    """Replace a ``ClassLabel`` column by the class names (strings); other columns are returned as they are."""
+    from datasets import ClassLabel, Value
+
+    feature = ds.features[col]
+    if not isinstance(feature, ClassLabel):
+        return ds
+    features = ds.features.copy()
+    features[col] = Value("string")
+    return ds.map(lambda values: {col: [None if v is None or v < 0 else feature.int2str(int(v)) for v in values]},
+                  input_columns=[col], batched=True, features=features, desc=f"class names of {col!r}")
 
 
 def source_names(image_set: ImageSet, rows: np.ndarray, chunk: int = 65_536) -> list:
@@ -509,29 +597,48 @@ def source_names(image_set: ImageSet, rows: np.ndarray, chunk: int = 65_536) -> 
     return names
 
 
-def _removal_log(pool_set: ImageSet, ledger: _PoolLedger, seed_sets: dict, eval_sets: dict, semantic: dict):
-    from datasets import Dataset, Features, Value
+def _removal_log(pool_set: ImageSet, ledger: _PoolLedger, seed_sets: dict, eval_sets: dict, semantic: dict,
+                 copy_emb: dict, *, chunk: int = 65_536, progress: bool = True):
+    """One row per removed pool item and per undecodable seed / eval image (``LOG_COLUMNS``).
 
-    rows = np.flatnonzero(ledger.reason != KEPT)
-    log = {
-        "set": [POOL] * rows.size,
-        "index": rows.tolist(),
-        "source": source_names(pool_set, rows),
-        "reason": ledger.reason[rows].astype(str).tolist(),
-        "matched_set": ledger.matched_set[rows].astype(str).tolist(),
-        "matched_index": ledger.matched_index[rows].tolist(),
-        "similarity": ledger.similarity[rows].tolist(),
-        "detail": ledger.detail[rows].astype(str).tolist(),
-    }
-    for name in [*seed_sets, *eval_sets]:
-        for f in semantic[name].failures:
-            for col, value in zip(LOG_COLUMNS, (name, f["row"], f["source"], REASON_UNDECODABLE, "", -1, float("nan"),
-                                                f["reason"])):
-                log[col].append(value)
+    Built as Arrow columns ``chunk`` rows at a time, so a log of millions of rows holds no per-row
+    Python objects beyond one chunk.
+    """
+    import pyarrow as pa
+    from datasets import Dataset, DatasetInfo, Features, Value
+    from datasets.table import InMemoryTable
+
     features = Features({"set": Value("string"), "index": Value("int64"), "source": Value("string"),
                          "reason": Value("string"), "matched_set": Value("string"), "matched_index": Value("int64"),
                          "similarity": Value("float32"), "detail": Value("string")})
-    return Dataset.from_dict(log, features=features)
+    schema = features.arrow_schema
+    tables = []
+    rows = np.flatnonzero(ledger.reason != KEPT)
+    for start in tqdm(range(0, rows.size, chunk), desc="removal log", unit="chunk", disable=not progress):
+        part = rows[start : start + chunk]
+        tables.append(pa.table({
+            "set": pa.array(np.full(part.size, POOL, dtype=object), pa.string()),
+            "index": pa.array(part, pa.int64()),
+            "source": pa.array(source_names(pool_set, part), pa.string()),
+            "reason": pa.array(ledger.reason[part], pa.string()),
+            "matched_set": pa.array(ledger.matched_set[part], pa.string()),
+            "matched_index": pa.array(ledger.matched_index[part], pa.int64()),
+            "similarity": pa.array(ledger.similarity[part], pa.float32()),
+            "detail": pa.array(ledger.detail[part], pa.string()),
+        }, schema=schema))
+    for name in [*seed_sets, *eval_sets]:
+        failures = {f["row"]: f for f in semantic[name].failures}
+        failures.update({f["row"]: f for f in (copy_emb[name].failures if name in copy_emb else [])
+                         if f["row"] not in failures})
+        if failures:
+            fs = [failures[r] for r in sorted(failures)]
+            tables.append(pa.table({
+                "set": [name] * len(fs), "index": [f["row"] for f in fs], "source": [f["source"] for f in fs],
+                "reason": [REASON_UNDECODABLE] * len(fs), "matched_set": [""] * len(fs), "matched_index": [-1] * len(fs),
+                "similarity": [float("nan")] * len(fs), "detail": [f["reason"] for f in fs],
+            }, schema=schema))
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    return Dataset(InMemoryTable(table.combine_chunks()), info=DatasetInfo(features=features))
 
 
 def push_curated(output_dir: Union[str, Path], repo_id: str, *, private: bool = False, token: Optional[str] = None,

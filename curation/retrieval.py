@@ -13,7 +13,9 @@ Two modes, as in the LVD-142M pipeline:
   cluster holding *more than* ``min_seeds`` seed images (3 in the paper), take
   ``per_cluster`` pool images (10,000 in the paper). The paper caps each seed
   dataset at 1M retrieved images and does not say how. Here the cap is split over
-  the selected clusters by water-filling, which keeps the mix balanced.
+  the selected clusters by water-filling, which keeps the mix balanced. Every
+  retrieved image is credited to the most similar (cosine) of the seed images in
+  its cluster, the seeds that made the cluster qualify, with that similarity.
 
 Both functions only select pool rows. They remove nothing, so they return no
 removal record.
@@ -25,11 +27,12 @@ import logging
 from typing import Any, NamedTuple, Optional
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .index import DEFAULT_BATCH_SIZE, EmbeddingIndex, build_index, check_k
 from .kmeans import assign_to_centroids, kmeans
 from .sampling import water_fill
-from .store import check_source
+from .store import EmbeddingSource, check_source
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +147,9 @@ class ClusterRetrievalResult(NamedTuple):
         cluster_sizes: ``(k,)`` int64 pool rows in each cluster.
         pool_assignments: ``(N_pool,)`` int64 cluster of every pool row.
         centroids: ``(k, d)`` float32 pool centroids (on L2-normalised embeddings).
+        seed_index: ``(R,)`` int64 for each retrieved row, the seed row (in ``seeds``) most similar to it
+            among the seeds assigned to its cluster (ties: the lowest seed row).
+        seed_similarity: ``(R,)`` float32 cosine similarity between each retrieved row and that seed.
     """
 
     indices: np.ndarray
@@ -153,6 +159,8 @@ class ClusterRetrievalResult(NamedTuple):
     cluster_sizes: np.ndarray
     pool_assignments: np.ndarray
     centroids: np.ndarray
+    seed_index: np.ndarray
+    seed_similarity: np.ndarray
 
 
 def cluster_based_retrieval(
@@ -170,6 +178,8 @@ def cluster_based_retrieval(
     max_points_per_centroid: Optional[int] = None,
     device: Any = "cpu",
     seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
 ) -> ClusterRetrievalResult:
     """Retrieve pool images from the k-means clusters where the seed set is dense.
 
@@ -190,6 +200,8 @@ def cluster_based_retrieval(
         max_points_per_centroid: k-means training sample per centroid (``None``: all rows).
         device: faiss device for the k-means (``"cpu"``, ``"auto"``, GPU ordinal).
         seed: k-means and selection seed.
+        batch_size: pool rows read per block (assignment, nearest-seed search).
+        progress: tqdm bars for the k-means assignment and the nearest-seed search.
 
     Returns:
         :class:`ClusterRetrievalResult`.
@@ -211,7 +223,7 @@ def cluster_based_retrieval(
         if n_clusters is None:
             raise ValueError("n_clusters is required when no precomputed clustering is given.")
         km = kmeans(p, n_clusters, n_iter=n_iter, seed=seed, max_points_per_centroid=max_points_per_centroid,
-                    device=device)
+                    device=device, progress=progress)
         cents, assign, dist = km.centroids, km.assignments, km.distances
     else:
         cents = np.ascontiguousarray(centroids, dtype=np.float32)
@@ -230,7 +242,7 @@ def cluster_based_retrieval(
                 a = assign[start : start + block.shape[0]]
                 dist[start : start + block.shape[0]] = ((block - cents[a]) ** 2).sum(axis=1)
     k = cents.shape[0]
-    seed_assign, _ = assign_to_centroids(s, cents, device=device)
+    seed_assign, _ = assign_to_centroids(s, cents, device=device, progress=progress, desc="assigning seeds")
     seed_counts = np.bincount(seed_assign, minlength=k).astype(np.int64)
     sizes = np.bincount(assign, minlength=k).astype(np.int64)
     selected = np.flatnonzero(seed_counts > min_seeds).astype(np.int64)
@@ -249,6 +261,53 @@ def cluster_based_retrieval(
     starts = np.searchsorted(sorted_assign, np.arange(k))
     rank = np.arange(n) - starts[sorted_assign]
     indices = np.sort(order[rank < quota[sorted_assign]]).astype(np.int64)
+    seed_index, seed_sim = _nearest_seed_in_cluster(p, indices, assign[indices], s, seed_assign,
+                                                    batch_size=batch_size, progress=progress)
     logger.info("cluster-based retrieval: %d of %d clusters have > %d seeds; retrieved %d pool rows",
                 selected.size, k, min_seeds, indices.size)
-    return ClusterRetrievalResult(indices, selected, take.astype(np.int64), seed_counts, sizes, assign, cents)
+    return ClusterRetrievalResult(indices, selected, take.astype(np.int64), seed_counts, sizes, assign, cents,
+                                  seed_index, seed_sim)
+
+
+def _nearest_seed_in_cluster(
+    pool: EmbeddingSource, rows: np.ndarray, row_cluster: np.ndarray, seeds: EmbeddingSource,
+    seed_cluster: np.ndarray, *, batch_size: int, progress: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each pool row, the most similar seed among the seeds of its cluster (both sources L2-normalised).
+
+    Rows are handled cluster by cluster in blocks of about ``batch_size`` rows (a cluster is never split),
+    and the seeds of a cluster in blocks of ``min(1024, batch_size)``, so memory stays at one block of
+    rows, one of seeds and their similarity matrix.
+    """
+    seed_block = max(1, min(1024, batch_size))
+    best_seed = np.full(rows.size, -1, dtype=np.int64)
+    best_sim = np.full(rows.size, -np.inf, dtype=np.float32)
+    by_cluster = np.argsort(row_cluster, kind="stable")
+    sorted_cluster = row_cluster[by_cluster]
+    seed_order = np.argsort(seed_cluster, kind="stable")  # seeds grouped by cluster, ascending rows within
+    seed_ptr = np.searchsorted(seed_cluster[seed_order], np.arange(int(row_cluster.max(initial=-1)) + 2))
+    bar = tqdm(total=rows.size, desc="cluster retrieval: nearest seed", unit="item", disable=not progress)
+    start = 0
+    while start < rows.size:
+        stop = min(rows.size, start + batch_size)
+        # extend the block to the end of its last cluster, so each cluster is handled in one piece
+        stop = int(np.searchsorted(sorted_cluster, sorted_cluster[stop - 1], side="right"))
+        block_pos = by_cluster[start:stop]
+        x = pool.take(rows[block_pos])
+        clusters, first = np.unique(sorted_cluster[start:stop], return_index=True)
+        bounds = np.append(first, block_pos.size)
+        for c, lo, hi in zip(clusters, bounds[:-1], bounds[1:]):
+            members = seed_order[seed_ptr[c] : seed_ptr[c + 1]]
+            for s0 in range(0, members.size, seed_block):
+                chunk = members[s0 : s0 + seed_block]
+                sims = x[lo:hi] @ seeds.take(chunk).T
+                arg = sims.argmax(axis=1)
+                top = sims[np.arange(hi - lo), arg]
+                pos = block_pos[lo:hi]
+                better = top > best_sim[pos]  # strict: ties keep the earlier (lower) seed row
+                best_sim[pos[better]] = top[better]
+                best_seed[pos[better]] = chunk[arg[better]]
+        bar.update(stop - start)
+        start = stop
+    bar.close()
+    return best_seed, best_sim

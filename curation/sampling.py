@@ -14,6 +14,14 @@ Sampling runs top-down over a :class:`~curation.kmeans.HierarchicalKMeansResult`
    (``"r"``, the reference default and best in the ablation) or closest to the
    centroid first (``"c"``).
 
+With ``multiplier = m > 1`` (the reference's ``--multiplier``, "maximum number of
+times an image is selected") a cluster's capacity at every level is ``m`` times its
+size, so small clusters can be *tiled*: a leaf cluster of ``s`` points with quota
+``q <= m s`` contributes every point ``q // s`` times and ``q mod s`` of them (picked
+by the leaf strategy) once more. No point appears more than ``m`` times. The target
+can then exceed ``N`` (up to ``m N``), and rare concepts keep a larger share of a
+large target than they could without repetition.
+
 Statistics (:func:`cluster_balance_stats`): the entropy of the cluster-size
 distribution (nats) and its normalised form ``H / log k`` (1 = perfectly balanced),
 the Gini coefficient (0 = balanced, ``(k - 1) / k`` = everything in one cluster),
@@ -180,7 +188,10 @@ class SamplingResult(NamedTuple):
     """Result of :func:`hierarchical_sampling`.
 
     Attributes:
-        indices: ``(T,)`` int64 selected data rows, ascending and unique.
+        indices: ``(T,)`` int64 selected data rows, ascending. Unique with ``multiplier = 1``;
+            otherwise a row appears as many times as it was selected (at most ``multiplier``),
+            its copies next to each other. ``np.unique(indices, return_counts=True)`` gives the
+            distinct rows and their copies.
         quotas: one ``(k_l,)`` int64 array per level (finest first): selected rows per cluster.
         removed: :class:`~curation.dedup.RemovalRecord` for every row not selected
             (reason ``"not_sampled"``). There is no single matching item for a
@@ -205,18 +216,20 @@ def hierarchical_sampling(
     target_size: int,
     *,
     strategy: str = "r",
+    multiplier: int = 1,
     seed: int = 0,
     progress: bool = True,
 ) -> SamplingResult:
-    """Balanced top-down sampling of exactly ``target_size`` distinct data rows.
+    """Balanced top-down sampling of exactly ``target_size`` data rows.
 
     Args:
         clustering: output of :func:`~curation.kmeans.hierarchical_kmeans`. A
             one-level clustering gives flat balanced sampling.
-        target_size: ``T``, with ``1 <= T <= N``. Items are never repeated (the
-            reference's tiling ``multiplier`` is not implemented).
+        target_size: ``T``, with ``1 <= T <= multiplier * N``.
         strategy: leaf strategy, ``"r"`` random (default) or ``"c"`` closest to the
             finest-level centroid first.
+        multiplier: ``m``, the most times one row may be selected (default 1: no
+            repetition). See the module docstring.
         seed: seeds the water-filling remainders and ``"r"`` picks.
         progress: tqdm bar over levels.
 
@@ -233,12 +246,15 @@ def hierarchical_sampling(
     n = int(clustering.n_points)
     if isinstance(target_size, bool) or not isinstance(target_size, (int, np.integer)):
         raise ValueError(f"target_size must be an integer; received {target_size!r}.")
-    if not 1 <= target_size <= n:
-        raise ValueError(f"target_size must be in [1, N={n}] (no repetition); received {target_size}.")
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, np.integer)) or multiplier < 1:
+        raise ValueError(f"multiplier must be an integer >= 1; received {multiplier!r}.")
+    m = int(multiplier)
+    if not 1 <= target_size <= m * n:
+        raise ValueError(f"target_size must be in [1, multiplier * N = {m} * {n}]; received {target_size}.")
     rng = np.random.default_rng(seed)
 
     top = levels[-1]
-    quota = water_fill(top.sizes, int(target_size), rng=rng)
+    quota = water_fill(top.sizes * m, int(target_size), rng=rng)
     quotas = [quota]
     for lvl in tqdm(range(len(levels) - 1, 0, -1), desc="balanced sampling", unit="level", disable=not progress):
         parent_of = levels[lvl].assignments  # level lvl-1 cluster -> level lvl cluster
@@ -247,28 +263,34 @@ def hierarchical_sampling(
         child_quota = np.zeros(child_sizes.size, dtype=np.int64)
         for parent in np.flatnonzero(quota > 0):
             kids = order[ptr[parent] : ptr[parent + 1]]
-            child_quota[kids] = water_fill(child_sizes[kids], int(quota[parent]), rng=rng)
+            child_quota[kids] = water_fill(child_sizes[kids] * m, int(quota[parent]), rng=rng)
         quota = child_quota
         quotas.append(quota)
 
-    # Leaves: rank data rows within their finest cluster and keep rank < quota.
+    # Leaves: a cluster of s rows with quota q gives every row q // s copies, and one more copy to the
+    # q % s rows ranked first by the leaf key (with m = 1: one copy to the first q rows).
     leaf = levels[0].data_assignments
+    leaf_sizes = np.bincount(leaf, minlength=quota.size)
+    full_copies = quota // np.maximum(leaf_sizes, 1)
+    extra = quota - full_copies * leaf_sizes
     key = levels[0].distances if strategy == "c" else rng.random(n)
     order = np.lexsort((np.arange(n), key, leaf))  # by cluster, then key, then row
     sorted_leaf = leaf[order]
     starts = np.searchsorted(sorted_leaf, np.arange(quota.size))
     rank = np.arange(n) - starts[sorted_leaf]
-    selected = np.sort(order[rank < quota[sorted_leaf]]).astype(np.int64)
-    if selected.size != target_size:  # internal invariant of water-filling
-        raise AssertionError(f"sampling produced {selected.size} rows, expected {target_size}")
+    copies = np.empty(n, dtype=np.int64)
+    copies[order] = full_copies[sorted_leaf] + (rank < extra[sorted_leaf])
+    indices = np.repeat(np.arange(n, dtype=np.int64), copies)
+    if indices.size != target_size or copies.max() > m:  # internal invariants of water-filling
+        raise AssertionError(f"sampling produced {indices.size} rows (max {copies.max()} copies), "
+                             f"expected {target_size} (max {m})")
 
-    mask = np.ones(n, dtype=bool)
-    mask[selected] = False
-    rest = np.flatnonzero(mask).astype(np.int64)
+    selected = np.flatnonzero(copies > 0).astype(np.int64)
+    rest = np.flatnonzero(copies == 0).astype(np.int64)
     removed = RemovalRecord(rest, np.full(rest.size, REASON_NOT_SAMPLED, dtype="<U16"),
                             np.full(rest.size, -1, dtype=np.int64), np.full(rest.size, np.nan, dtype=np.float32))
     check_partition(n, selected, removed)
-    stats = cluster_balance_stats(np.bincount(leaf[selected], minlength=quota.size))
-    logger.info("sampled %d of %d rows (strategy %r); finest-level normalised entropy %.4f", target_size, n,
-                strategy, stats.normalized_entropy)
-    return SamplingResult(selected, tuple(reversed(quotas)), removed)
+    stats = cluster_balance_stats(np.bincount(leaf[indices], minlength=quota.size))
+    logger.info("sampled %d rows (%d distinct) of %d (strategy %r, multiplier %d); finest-level normalised "
+                "entropy %.4f", target_size, selected.size, n, strategy, m, stats.normalized_entropy)
+    return SamplingResult(indices, tuple(reversed(quotas)), removed)

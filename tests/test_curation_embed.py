@@ -104,10 +104,105 @@ def test_resume_after_interruption_computes_only_missing_shards(folder, tmp_path
     assert resumed.failures == full.failures
     # a finished directory is not recomputed, and other settings are refused
     assert embed_images(image_set, model, tmp_path / "part", **kwargs).shards_computed == 0
+    # a damaged shard (cut short, or its failures list unreadable) is found on resume and computed again
+    shard1 = tmp_path / "part" / "shards" / "shard-00001.arrow"
+    shard1.write_bytes(shard1.read_bytes()[:100])
+    (tmp_path / "part" / "shards" / "shard-00003.failures.json").write_text("[{")
+    repaired = embed_images(image_set, model, tmp_path / "part", **kwargs)
+    assert repaired.shards_computed == 2
+    np.testing.assert_array_equal(repaired.embeddings.to_numpy(), full.embeddings.to_numpy())
+    assert repaired.failures == full.failures
     with pytest.raises(ValueError, match="other settings.*model"):
         embed_images(image_set, _tiny_model(seed=1), tmp_path / "part", **kwargs)
     with pytest.raises(ValueError, match="pooling"):
         embed_images(image_set, model, tmp_path / "part", **{**kwargs, "pooling": "mean"})
+
+
+def test_embedding_killed_by_sigkill_resumes_where_it_stopped(tmp_path, capsys):
+    """A real interruption: ``dinov2-curate embed`` in a subprocess, SIGKILLed once a shard is on disk, then rerun.
+
+    Both runs use one intra-op thread, so the resumed shards and the uninterrupted run see the same
+    arithmetic and must agree bit for bit.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO_ROOT
+    from curation.cli import main
+
+    n_images, shard_size = 600, 20
+    images = tmp_path / "imgs"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n_images):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / f"{i:04d}.png")
+    (images / "0500_bad.png").write_bytes(b"not a png")  # row 501, in shard 25
+    n_rows = n_images + 1
+    n_shards = -(-n_rows // shard_size)
+    _tiny_model().save_pretrained(tmp_path / "tiny")
+    args = ["embed", "--input", str(images), "--model", str(tmp_path / "tiny"), "--image_size", "28",
+            "--shard_size", str(shard_size), "--batch_size", "5", "--storage_dtype", "float32",
+            "--precision", "float32", "--device", "cpu"]
+    part = tmp_path / "part"
+    shard_dir = part / "shards"
+
+    with open(tmp_path / "killed_run.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "curation.cli", *args, "--output_dir", str(part)],
+                                cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 300
+            while not list(shard_dir.glob("shard-*.arrow")):
+                assert proc.poll() is None, (tmp_path / "killed_run.log").read_text()
+                assert time.monotonic() < deadline, "no shard written within 300 s"
+                time.sleep(0.005)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+    done = sorted(shard_dir.glob("shard-*.arrow"))
+    assert 1 <= len(done) < n_shards, f"{len(done)} of {n_shards} shards at the kill"
+    with pytest.raises(ValueError, match="incomplete"):
+        load_embeddings(part)
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in done}
+    missing = [s for s in range(n_shards) if not (shard_dir / f"shard-{s:05d}.arrow").exists()]
+    # What a kill in the middle of a write leaves: half an Arrow file under the temporary name, and the
+    # failures list of a shard whose Arrow file never arrived (here naming a row that is fine).
+    (shard_dir / f"shard-{missing[0]:05d}.arrow.tmp").write_bytes(done[0].read_bytes()[:300])
+    (shard_dir / f"shard-{missing[1]:05d}.failures.json").write_text(
+        json.dumps([{"row": missing[1] * shard_size, "source": "stale", "reason": "stale"}]))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        capsys.readouterr()
+        main([*args, "--output_dir", str(part)])  # the rerun, through the same command
+        summary = json.loads(capsys.readouterr().out)
+        full = embed_images(load_image_set(str(images), "pool"), str(tmp_path / "tiny"), tmp_path / "full",
+                            image_size=28, shard_size=shard_size, batch_size=5, storage_dtype="float32",
+                            precision="float32", device="cpu", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    resumed = load_embeddings(part)
+
+    # (a) only the missing shards were computed; the shards of the killed run were not rewritten
+    assert summary["shards_computed"] == len(missing) == n_shards - len(done)
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in done} == before
+    # (b) the result equals an uninterrupted run exactly
+    assert full.shards_computed == n_shards
+    np.testing.assert_array_equal(resumed.rows, full.rows)
+    assert resumed.embeddings.to_numpy().tobytes() == full.embeddings.to_numpy().tobytes()
+    # (c) the leftovers changed nothing: no temporary file remains, and the stale failure is gone
+    assert not list(shard_dir.glob("*.tmp"))
+    assert resumed.failures == full.failures and [f["row"] for f in full.failures] == [501]
+    assert summary["images"] == n_rows and summary["embedded"] == n_images and summary["undecodable"] == 1
+    print(f"killed with {len(done)} of {n_shards} shards on disk; the rerun computed {len(missing)}")
 
 
 def test_stock_transformers_checkpoint_and_dataset_input(tmp_path):

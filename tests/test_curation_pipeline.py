@@ -83,10 +83,21 @@ def test_cli_run_from_config_and_steps_alone(skewed, tmp_path, capsys):
     from curation.cli import main
 
     main(["--help"])
-    assert "dedup" in capsys.readouterr().out
+    usage = capsys.readouterr().out
+    assert all(step in usage for step in ("run", "embed", "dedup", "decontaminate", "retrieve", "cluster", "sample"))
+    assert "curate.yaml" in usage and "removal_log.parquet" in usage  # an example config and what comes out
     with pytest.raises(SystemExit):
-        main(["cluster", "--help"])
-    capsys.readouterr()
+        main(["run", "--help"])
+    run_help = capsys.readouterr().out
+    for key in ("dedup:", "threshold: 0.6", "sampling:", "multiplier: 1", "retrieval:", "include_seeds: false"):
+        assert key in run_help  # every config setting is listed with its default
+    with pytest.raises(SystemExit):
+        main(["embed", "--help"])
+    assert "{cls,mean,cls+mean}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--target_size", "3"])
+    assert exit_info.value.code == 2 and "missing required option(s): --clustering, --output_dir" in \
+        capsys.readouterr().err
     cfg = tmp_path / "curate.yaml"
     cfg.write_text(textwrap.dedent(f"""\
         pool: {skewed["pool"]}
@@ -115,6 +126,16 @@ def test_cli_run_from_config_and_steps_alone(skewed, tmp_path, capsys):
           "--n_resampling_steps", "2"])
     main(["sample", "--clustering", str(tmp_path / "cl"), "--output_dir", str(tmp_path / "sp"), "--target_size", "20"])
     assert np.unique(np.load(tmp_path / "sp" / "selected.npy")).size == 20
+    main(["sample", "--clustering", str(tmp_path / "cl"), "--output_dir", str(tmp_path / "sp2"), "--target_size",
+          "150", "--multiplier", "2"])
+    rows, copies = np.unique(np.load(tmp_path / "sp2" / "selected.npy"), return_counts=True)
+    assert copies.sum() == 150 and copies.max() == 2 and rows.size <= 120
+    main(["retrieve", "--embeddings", str(emb), "--seed_embeddings", str(emb), "--output_dir", str(tmp_path / "rc"),
+          "--mode", "cluster", "--n_clusters", "6", "--min_seeds", "0", "--per_cluster", "5"])
+    retrieved, credited = (np.load(tmp_path / "rc" / f) for f in ("retrieved.npy", "seed_index.npy"))
+    assert retrieved.size == credited.size > 0
+    np.testing.assert_array_equal(credited, retrieved)  # seeds = pool: each image's nearest seed is itself
+    np.testing.assert_allclose(np.load(tmp_path / "rc" / "seed_similarity.npy"), 1.0, atol=1e-4)
     main(["retrieve", "--embeddings", str(emb), "--seed_embeddings", str(emb), "--output_dir", str(tmp_path / "rt"),
           "--n_neighbors", "2"])
     assert json.loads((tmp_path / "rt" / "result.json").read_text())["nominal"] == 240
@@ -169,3 +190,114 @@ def test_cluster_based_retrieval_takes_the_clusters_of_the_seed_set(skewed, tmp_
     assert set(res.dataset["retrieval_seed_set"]) == {"greens"} and set(res.dataset["selected_by"]) == {"retrieval"}
     assert res.report["retrieval"]["greens"]["cluster"]["selected_clusters"] >= 1
     assert res.report["accounting"]["greens"]["outcome"] == {"used_as_reference": 8}
+
+    # Every retrieved item names its seed and their cosine similarity, as sample-based retrieval does.
+    from curation.embed import load_embeddings
+
+    pool_x = load_embeddings(tmp_path / "out" / "embeddings" / "pool").embeddings.to_numpy(normalize=True)
+    seed_x = load_embeddings(tmp_path / "out" / "embeddings" / "greens").embeddings.to_numpy(normalize=True)
+    rows, seed_rows = np.array(res.dataset["source_index"]), np.array(res.dataset["retrieval_seed_index"])
+    assert set(res.dataset["retrieval_mode"]) == {"cluster"} and ((seed_rows >= 0) & (seed_rows < 8)).all()
+    np.testing.assert_allclose(res.dataset["retrieval_similarity"], (pool_x[rows] * seed_x[seed_rows]).sum(1),
+                               atol=1e-5)
+    seed_names = sorted(p.name for p in seeds.iterdir())
+    for path, seed_row, sim in zip(res.dataset["path"], seed_rows, res.dataset["retrieval_similarity"]):
+        if path.rsplit("/", 1)[-1] in seed_names:  # a pool copy of a seed image is credited to that seed
+            assert seed_names[seed_row] == path.rsplit("/", 1)[-1] and sim == pytest.approx(1.0, abs=1e-4)
+
+
+def _labelled(paths, names=("red", "green", "blue")):
+    """A datasets.Dataset of the tiles with a ClassLabel ``label`` (the tile's colour) and its file name."""
+    from datasets import ClassLabel, Dataset, Features, Image as ImageFeature, Value
+
+    colours = [p.name.split("_")[0] for p in paths]
+    return Dataset.from_dict(
+        {"image": [str(p) for p in paths], "label": [list(COLOURS).index(c) % len(names) for c in colours],
+         "name": [p.name for p in paths]},
+        features=Features({"image": ImageFeature(), "label": ClassLabel(names=list(names)), "name": Value("string")}))
+
+
+def test_label_column_survives_curation_in_every_configuration(skewed, tmp_path):
+    """Rule: the output keeps the union of the pool's and the included seed sets' columns, None where absent."""
+    from curation.pipeline import curate
+
+    pool_paths = sorted(skewed["pool"].iterdir())
+    pool = _labelled(pool_paths)
+    greens = _labelled([p for p in pool_paths if p.name.startswith("green_")][:6])
+    folder = tmp_path / "blues"  # a seed folder: no label column, but a path column
+    folder.mkdir()
+    for path in [p for p in pool_paths if p.name.startswith("blue_")][:4]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    base = {"embedding": {"model": skewed["model"], "image_size": 28, "pooling": "mean"}, "dedup": {"enabled": False},
+            "clustering": {"n_clusters": [6, 2], "n_resampling_steps": 1}, "progress": False,
+            "retrieval": {"min_seeds": 2, "per_cluster": 20, "n_neighbors": 3}}
+    configs = {
+        "no retrieval, balanced, seeds not included": ({"mode": "none"}, {"target_size": 30}, False),
+        "sample, seeds included": ({"mode": "sample"}, {}, True),
+        "cluster, seeds included": ({"mode": "cluster"}, {}, True),
+        "both + balanced x2, seeds included": ({"mode": "both"}, {"target_size": 40, "multiplier": 2}, True),
+    }
+    out = tmp_path / "out"  # shared: the embeddings are computed once and reused
+    for what, (retrieval, sampling, include) in configs.items():
+        cfg = {**base, "retrieval": {**base["retrieval"], **retrieval}, "sampling": sampling, "include_seeds": include}
+        ds = curate(pool=pool, seeds={"greens": greens, "blues": str(folder)}, config=cfg, output_dir=str(out)).dataset
+        assert {"label", "name"} <= set(ds.column_names), what
+        rows = ds.to_pandas().drop(columns=["image"])
+        from_pool = rows[rows.source_set == "pool"]
+        assert len(from_pool) > 0, what
+        truth = [list(COLOURS).index(n.split("_")[0]) for n in from_pool.name]
+        assert from_pool.label.tolist() == truth, what  # each row keeps its own label
+        if include:
+            assert set(rows.source_set) == {"pool", "greens", "blues"}, what
+            assert ds.features["label"] == pool.features["label"] and "path" in ds.column_names, what
+            seed_green = rows[rows.source_set == "greens"]
+            assert seed_green.label.tolist() == [1] * 6 and seed_green.name.tolist() == greens["name"], what
+            blue = rows[rows.source_set == "blues"]
+            assert blue.label.isna().all() and blue.path.str.endswith(".png").all(), what  # None where absent
+            assert from_pool.path.isna().all(), what
+            assert len(ds) == len(from_pool) + 6 + 4, what
+        else:
+            assert set(rows.source_set) == {"pool"}, what
+        assert from_pool.drop_duplicates("source_index").copies.sum() == len(from_pool), what
+    # the last run tiled small clusters: some pool images appear twice, and the copies column says so
+    assert from_pool.copies.max() == 2 and (from_pool.groupby("source_index").size() == from_pool.groupby(
+        "source_index").copies.first()).all()
+
+    # Seed labels with other class names become the class names, so one column means one thing.
+    other = _labelled([p for p in pool_paths if p.name.startswith("green_")][:6], names=("leaf", "grass", "moss"))
+    ds = curate(pool=pool, seeds={"mosses": other}, config={**base, "retrieval": {"mode": "sample"},
+                                                              "include_seeds": True}, output_dir=str(out)).dataset
+    rows = ds.to_pandas()
+    assert ds.features["label"].dtype == "string"
+    assert set(rows[rows.source_set == "mosses"].label) == {"grass"}
+    assert set(rows[rows.source_set == "pool"].label) <= {"red", "green", "blue"}
+
+
+def test_include_seeds_column_rule_casts_or_names_the_clash():
+    from datasets import Dataset, Features, Sequence, Value
+
+    from curation.pipeline import _concatenate_with_shared_columns
+
+    pool = Dataset.from_dict({"image": ["a", "b"], "label": [0, 1], "source_set": ["pool"] * 2},
+                             features=Features({"image": Value("string"), "label": Value("int64"),
+                                                "source_set": Value("string")}))
+    narrow = Dataset.from_dict({"image": ["c"], "label": [7], "source_set": ["s"]},
+                               features=Features({"image": Value("string"), "label": Value("int32"),
+                                                  "source_set": Value("string")}))
+    both = _concatenate_with_shared_columns([pool, narrow], ["pool", "s"], "image", ["source_set"])
+    assert both.features["label"] == Value("int64") and both["label"] == [0, 1, 7]  # cast to the pool's type
+    clash = Dataset.from_dict({"image": ["d"], "label": [[1, 2]], "source_set": ["t"]},
+                              features=Features({"image": Value("string"), "label": Sequence(Value("int64")),
+                                                 "source_set": Value("string")}))
+    with pytest.raises(ValueError, match="t: cannot align its columns with the pool's for include_seeds.*label"):
+        _concatenate_with_shared_columns([pool, clash], ["pool", "t"], "image", ["source_set"])
+
+
+def test_sampling_config_checks_the_multiplier():
+    from curation.config import CurationConfig
+
+    assert CurationConfig(sampling={"multiplier": 2, "target_fraction": 1.5}).sampling.multiplier == 2
+    with pytest.raises(ValueError, match="sampling.multiplier must be an integer >= 1; received 0"):
+        CurationConfig(sampling={"multiplier": 0})
+    with pytest.raises(ValueError, match=r"target_fraction must be in \(0, sampling.multiplier = 1\]"):
+        CurationConfig(sampling={"target_fraction": 1.5})

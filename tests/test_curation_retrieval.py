@@ -69,6 +69,21 @@ def test_cluster_based_takes_clusters_with_more_than_min_seeds():
     assert sorted(res.seed_counts[res.selected_clusters].tolist()) == [5, 10]
     assert res.cluster_sizes.sum() == pool.shape[0]
 
+    # Every retrieved row is credited to its most similar seed among the seeds of its cluster (brute force).
+    pn, sn = _unit(pool), _unit(seeds)
+    seed_cluster = ((sn[:, None, :] - res.centroids[None]) ** 2).sum(-1).argmin(1)
+    for row, s_idx, s_sim in zip(res.indices, res.seed_index, res.seed_similarity):
+        candidates = np.flatnonzero(seed_cluster == res.pool_assignments[row])
+        sims = sn[candidates] @ pn[row]
+        assert s_idx == candidates[sims.argmax()]
+        assert s_sim == pytest.approx(sims.max(), abs=1e-5)
+    assert (seed_comp[res.seed_index] == lab[res.indices]).all()  # component-3 images name component-3 seeds
+    blocked = cluster_based_retrieval(pool, seeds, centroids=res.centroids, pool_assignments=res.pool_assignments,
+                                      per_cluster=100, max_total=None, batch_size=7, progress=False)
+    np.testing.assert_array_equal(blocked.indices, res.indices)
+    np.testing.assert_array_equal(blocked.seed_index, res.seed_index)
+    np.testing.assert_allclose(blocked.seed_similarity, res.seed_similarity, atol=1e-6)
+
     capped = cluster_based_retrieval(pool, seeds, centroids=res.centroids, pool_assignments=res.pool_assignments,
                                      per_cluster=100, max_total=150, seed=0)
     assert capped.indices.size == 150
