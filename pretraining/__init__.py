@@ -1,9 +1,13 @@
-"""DINOv2 self-supervised pretraining components: augmentation, masking, collation, heads, teacher
-target normalisation, losses and schedules. Each is a small, model-agnostic building block."""
+"""DINOv2 self-supervised pretraining: augmentation, masking, collation, heads, teacher target normalisation,
+losses and schedules (small, model-agnostic building blocks), `Dinov2ForSelfDistillation`, and the
+`Dinov2PretrainingTrainer` that trains it (see pretraining/README.md)."""
 
 from .augmentations import MultiCropAugmentation
 from .centering import SinkhornKnoppCentering, SoftmaxCentering, sinkhorn_knopp
 from .collate import MultiCropCollator
+from .configuration_self_distillation import Dinov2SelfDistillationConfig
+from .data import BadImageError, EpochRandomSampler, MultiCropDataset, decode_image, load_fashion_mnist
+from .export import export_backbone
 from .heads import DINOHead
 from .losses import (
     DINOLoss,
@@ -16,7 +20,9 @@ from .losses import (
     soft_cross_entropy,
 )
 from .masking import BlockMaskGenerator, MaskBatch, sample_masks
+from .modeling_self_distillation import Dinov2ForSelfDistillation, Dinov2SelfDistillationOutput
 from .schedules import (
+    PretrainingSchedule,
     cosine_schedule,
     learning_rate,
     scaled_learning_rate,
@@ -24,9 +30,29 @@ from .schedules import (
     teacher_temperature,
     weight_decay,
 )
+from .trainer import Dinov2PretrainingArguments, Dinov2PretrainingTrainer, NonFiniteLossError
+
+# `AutoConfig.from_pretrained` / `AutoModel.from_pretrained` of a self-distillation checkpoint
+from transformers import AutoConfig, AutoModel  # noqa: E402
+
+AutoConfig.register(Dinov2SelfDistillationConfig.model_type, Dinov2SelfDistillationConfig, exist_ok=True)
+AutoModel.register(Dinov2SelfDistillationConfig, Dinov2ForSelfDistillation, exist_ok=True)
 
 __all__ = [
+    "BadImageError",
     "BlockMaskGenerator",
+    "Dinov2ForSelfDistillation",
+    "Dinov2PretrainingArguments",
+    "Dinov2PretrainingTrainer",
+    "Dinov2SelfDistillationConfig",
+    "Dinov2SelfDistillationOutput",
+    "EpochRandomSampler",
+    "MultiCropDataset",
+    "NonFiniteLossError",
+    "PretrainingSchedule",
+    "decode_image",
+    "export_backbone",
+    "load_fashion_mnist",
     "DINOHead",
     "DINOLoss",
     "IBOTPatchLoss",

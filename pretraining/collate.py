@@ -8,6 +8,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
@@ -35,6 +36,8 @@ class MultiCropCollator:
 
     Randomness of the masks:
 
+    - samples carrying a ``seed`` (the output of :class:`pretraining.data.MultiCropDataset`): a generator
+      seeded from the batch's sample seeds, so the masks depend only on which samples form the batch;
     - ``generator``: used as is (it is copied into every DataLoader worker, so prefer ``seed`` or the
       default with ``num_workers > 0``);
     - ``seed``: each process creates its own generator seeded with ``seed + worker_id``; with
@@ -143,8 +146,14 @@ class MultiCropCollator:
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
         if len(samples) == 0:
             raise ValueError("Expected a non-empty list of samples.")
-        generator = self._masking_generator()
         explicit = self.generator is not None or self.seed is not None
+        sample_seeds = [s.get("seed") if isinstance(s, Mapping) else None for s in samples]
+        if not explicit and all(seed is not None for seed in sample_seeds):
+            # samples of MultiCropDataset carry their own seed: the masks depend only on the batch content,
+            # so a resumed run (or any number of workers) draws the same masks
+            generator = torch.Generator().manual_seed(int(np.random.SeedSequence(sample_seeds).generate_state(1)[0]))
+        else:
+            generator = self._masking_generator()
         crops = [self._to_crops(sample, generator if explicit else None) for sample in samples]
 
         n_global = len(crops[0]["global_crops"])
@@ -174,6 +183,9 @@ class MultiCropCollator:
             mask_ratio_min_max=self.mask_ratio_min_max,
             mask_probability=self.mask_probability,
         )
+        if any(isinstance(s, Mapping) and "skipped" in s for s in samples):
+            # bad items the dataset replaced, for the Trainer's report: [(index, name, reason), ...]
+            batch["skipped_images"] = [record for s in samples for record in s.get("skipped", [])]
         batch.update(
             masks=masks.masks,
             mask_indices=masks.mask_indices,

@@ -5,6 +5,8 @@ The same class serves as the iBOT head: the caller decides whether DINO and iBOT
 (DINOv2 default) or use two (``vitl14`` / ``vitg14`` configs).
 """
 
+import math
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
@@ -58,24 +60,30 @@ class DINOHead(nn.Module):
             if i < n_layers - 1:
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
-        self._init_mlp()
-
         self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
-        with torch.no_grad():
-            self.weight_g.fill_(1.0)
+        self.reset_parameters()
 
-    def _init_mlp(self) -> None:
-        # DINOv2 `DINOHead._init_weights`: trunc_normal(0.02) weights, zero biases (MLP only).
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """DINOv2 `DINOHead._init_weights`: MLP weights trunc_normal(0.02) and zero biases; the last layer's
+        direction `v` keeps PyTorch's Linear init (kaiming-uniform, a = sqrt(5)) and its magnitude `g` is 1."""
         for module in self.mlp.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+        nn.init.kaiming_uniform_(self.weight_v, a=math.sqrt(5))
+        nn.init.ones_(self.weight_g)
 
     @property
     def weight_g(self) -> nn.Parameter:
         """Per-prototype magnitude ``g`` of the weight-normalised last layer, shape ``(out_dim, 1)``."""
         return self.last_layer.parametrizations.weight.original0
+
+    @property
+    def weight_v(self) -> nn.Parameter:
+        """Direction ``v`` of the weight-normalised last layer, shape ``(out_dim, bottleneck_dim)``."""
+        return self.last_layer.parametrizations.weight.original1
 
     def forward_bottleneck(self, x: torch.Tensor) -> torch.Tensor:
         """MLP then L2 normalisation: ``(..., in_dim) -> (..., bottleneck_dim)`` with unit norm."""

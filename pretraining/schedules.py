@@ -15,6 +15,7 @@ All schedules return their final value for ``step >= total_steps``.
 """
 
 import math
+from dataclasses import dataclass
 
 
 def _check_step(step: int) -> None:
@@ -135,3 +136,58 @@ def teacher_temperature(
         warmup_steps=warmup_steps,
         start_warmup_value=warmup_value,
     )
+
+
+@dataclass(frozen=True)
+class PretrainingSchedule:
+    """Every scheduled hyperparameter of a DINOv2 run, as a function of the optimizer step.
+
+    Lengths are in optimizer steps (DINOv2: epochs x 1250 iterations). ``base_lr`` is the peak learning
+    rate actually used (already scaled with the batch size, see :func:`scaled_learning_rate`).
+    """
+
+    total_steps: int
+    base_lr: float
+    warmup_steps: int
+    min_lr: float = 1e-6
+    freeze_last_layer_steps: int = 0
+    weight_decay_start: float = 0.04
+    weight_decay_end: float = 0.4
+    momentum_start: float = 0.992
+    momentum_end: float = 1.0
+    teacher_temp_start: float = 0.04
+    teacher_temp_end: float = 0.07
+    teacher_temp_warmup_steps: int = 0
+
+    def __post_init__(self):
+        if self.total_steps < 1:
+            raise ValueError(f"`total_steps` must be >= 1, got {self.total_steps}.")
+        # a warmup longer than the run is clipped to it (short test / debug runs of a long recipe)
+        object.__setattr__(self, "warmup_steps", min(self.warmup_steps, self.total_steps))
+
+    def lr(self, step: int) -> float:
+        return learning_rate(step, self.base_lr, self.total_steps, self.warmup_steps, self.min_lr)
+
+    def last_layer_lr(self, step: int) -> float:
+        return learning_rate(
+            step, self.base_lr, self.total_steps, self.warmup_steps, self.min_lr, self.freeze_last_layer_steps
+        )
+
+    def weight_decay(self, step: int) -> float:
+        return weight_decay(step, self.total_steps, self.weight_decay_start, self.weight_decay_end)
+
+    def momentum(self, step: int) -> float:
+        return teacher_momentum(step, self.total_steps, self.momentum_start, self.momentum_end)
+
+    def teacher_temp(self, step: int) -> float:
+        return teacher_temperature(step, self.teacher_temp_warmup_steps, self.teacher_temp_start, self.teacher_temp_end)
+
+    def values(self, step: int) -> dict[str, float]:
+        """All values at ``step``, named as they are logged."""
+        return {
+            "lr": self.lr(step),
+            "last_layer_lr": self.last_layer_lr(step),
+            "weight_decay": self.weight_decay(step),
+            "momentum": self.momentum(step),
+            "teacher_temp": self.teacher_temp(step),
+        }

@@ -119,3 +119,15 @@ def fashion_mnist_dir():
     if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"Fashion-MNIST is not installed at {FASHION_MNIST_DIR}; run: {FASHION_MNIST_INSTALL}")
     return FASHION_MNIST_DIR
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run torch on one intra-op thread for the test: tiny tensors gain nothing from a second thread, and on a
+    shared machine its hand-offs cost more than the work."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -2,7 +2,7 @@
 
 from .dino import DINOLoss, dino_crossed_pairs, dino_loss, soft_cross_entropy
 from .ibot import IBOTPatchLoss, ibot_loss
-from .koleo import KoLeoLoss, koleo_loss
+from .koleo import KoLeoLoss, koleo_loss, koleo_loss_distributed
 
 __all__ = [
     "DINOLoss",
@@ -12,5 +12,6 @@ __all__ = [
     "dino_loss",
     "ibot_loss",
     "koleo_loss",
+    "koleo_loss_distributed",
     "soft_cross_entropy",
 ]

@@ -6,6 +6,7 @@ L2-normalised vector ``x_i`` and its nearest neighbour in the batch (itself excl
 """
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
@@ -34,6 +35,41 @@ def koleo_loss(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
             dots.fill_diagonal_(float("-inf"))
             nearest = dots.argmax(dim=1)  # (n,)
         distances = torch.linalg.vector_norm(x - x[nearest], dim=-1)  # (n,)
+        return -torch.log(distances.clamp_min(eps)).mean()
+
+
+def koleo_loss_distributed(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo over the global batch: nearest neighbours are searched among the features of *all* ranks.
+
+    Each rank returns ``-(1/n_local) * sum_{i local} log d_i``; with equal per-rank batches the mean over
+    ranks (what DDP's gradient averaging optimises) is exactly :func:`koleo_loss` of the concatenated batch.
+    Gradients flow to the other ranks' features through an autograd-aware ``all_gather`` (its backward
+    sums the gradients of every rank). Falls back to :func:`koleo_loss` without a process group.
+    The original computes KoLeo on the per-GPU batch only; DINOv3's ``KoLeoLossDistributed`` is the
+    same idea.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return koleo_loss(x, eps)
+    if x.dim() != 2:
+        raise ValueError(f"Expected features of shape (n, D), got {tuple(x.shape)}.")
+    from torch.distributed.nn.functional import all_gather
+
+    sizes = [torch.zeros((), dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor(x.shape[0], device=x.device))
+    if len({int(s) for s in sizes}) != 1:
+        raise ValueError(f"Distributed KoLeo needs the same batch size on every rank, got {[int(s) for s in sizes]}.")
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = nn.functional.normalize(x.float(), p=2, dim=-1, eps=eps)
+        everyone = torch.cat(all_gather(x))  # world x (n, D) -> (world * n, D)
+        n = x.shape[0]
+        if everyone.shape[0] < 2:
+            return x.sum() * 0.0
+        rows = torch.arange(n, device=x.device)
+        with torch.no_grad():
+            dots = x @ everyone.t()  # (n, world * n) cosine similarities
+            dots[rows, dist.get_rank() * n + rows] = float("-inf")  # never its own neighbour
+            nearest = dots.argmax(dim=1)  # (n,)
+        distances = torch.linalg.vector_norm(x - everyone[nearest], dim=-1)  # (n,)
         return -torch.log(distances.clamp_min(eps)).mean()
 
 

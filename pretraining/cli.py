@@ -1,0 +1,366 @@
+"""`dinov2-pretrain`: DINOv2 self-supervised pretraining (or distillation) from the command line.
+
+    dinov2-pretrain --output_dir runs/tiny                           # tiny ViT on Fashion-MNIST, CPU, minutes
+    dinov2-pretrain --preset vit_small --train_dir photos/ --output_dir runs/vits14 --bf16 true
+    accelerate launch -m pretraining.cli --preset vit_large --dataset_name my/images --output_dir runs/vitl
+    dinov2-pretrain --preset vit_small --model_name_or_path facebook/dinov2-small ...   # continued pretraining
+    dinov2-pretrain --preset vit_small --distill_from runs/vitl/final --output_dir runs/distilled
+    dinov2-pretrain --output_dir runs/tiny --resume_from_checkpoint last                # after a crash
+
+Every option of `transformers.TrainingArguments` works too (run with --help).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser, set_seed
+
+from modeling_dinov2 import PRESETS as ARCHITECTURES
+from modeling_dinov2 import Dinov2Config
+
+from .augmentations import MultiCropAugmentation
+from .collate import MultiCropCollator
+from .configuration_self_distillation import Dinov2SelfDistillationConfig
+from .data import (
+    DEFAULT_MIN_IMAGE_SIZE,
+    ImageFolderSource,
+    MultiCropDataset,
+    load_fashion_mnist,
+)
+from .modeling_self_distillation import Dinov2ForSelfDistillation
+from .presets import PRESETS, TINY_DEFAULT_DATA, preset
+from .trainer import Dinov2PretrainingArguments, Dinov2PretrainingTrainer, NonFiniteLossError, last_complete_checkpoint
+
+logger = logging.getLogger("dinov2-pretrain")
+
+DESCRIPTION = """\
+Pretrain a DINOv2 vision transformer on your own images with self-distillation (DINO + iBOT + KoLeo losses,
+EMA teacher), or distil a small student from a trained big one. Runs on one CPU or many GPUs
+(`accelerate launch` / `torchrun`). At the end the teacher backbone is exported as a modeling_dinov2 checkpoint
+(`AutoModel.from_pretrained(<output_dir>/backbone, trust_remote_code=True)`) with a model card recording the recipe.
+
+Start with a preset; every option below overrides it:
+  tiny        4-block ViT, patch 4, 28/12-px crops: a CPU run in minutes (the default; without --train_dir or
+              --dataset_name it trains on 2048 Fashion-MNIST images from the Debian package)
+  vit_small   ViT-S/14, ssl_default_config.yaml: 2x224 + 8x98 crops, 65536 prototypes, 125k steps
+  vit_base    ViT-B/14, same recipe
+  vit_large   ViT-L/14, vitl14.yaml: SwiGLU, separate iBOT head, Sinkhorn-Knopp, 625k steps
+  vit_giant2  ViT-g/14, vitg14.yaml
+
+Data: --train_dir FOLDER (images in any sub-folder), or --dataset_name (a `datasets` Hub name, a folder saved with
+`save_to_disk`, or `fashion_mnist` from the Debian package) with --image_column. Unreadable images are skipped,
+counted in the logs and listed in <output_dir>/skipped_images.json.
+"""
+
+EPILOG = """\
+DINOv2 recipe options (in the last group, with all of transformers.TrainingArguments):
+  --learning_rate (per 1024 images, scaled by sqrt(batch/1024)), --min_lr, --warmup_epochs, --epoch_length,
+  --weight_decay / --weight_decay_end, --momentum_teacher / --final_momentum_teacher, --warmup_teacher_temp /
+  --teacher_temp / --warmup_teacher_temp_epochs, --freeze_last_layer_epochs, --layerwise_decay,
+  --patch_embed_lr_mult, --max_grad_norm, --per_device_train_batch_size, --max_steps, --bf16, --save_steps
+
+examples:
+  dinov2-pretrain --output_dir runs/tiny
+  dinov2-pretrain --preset vit_small --train_dir photos/ --output_dir runs/vits14 --bf16 true --max_steps 20000
+  torchrun --nproc_per_node 8 -m pretraining.cli --preset vit_large --train_dir /data/images --output_dir runs/vitl
+  dinov2-pretrain --output_dir runs/tiny --resume_from_checkpoint last
+
+The logs show the total loss and its parts (dino_loss, ibot_loss, koleo_loss), every schedule value (lr,
+last_layer_lr, weight_decay, momentum, teacher_temp) and two collapse indicators: teacher_entropy (ln K =
+dino_loss_uniform means uniform, uninformative targets) and prototype_usage.
+"""
+
+
+@dataclass
+class ModelArguments:
+    _argument_group_name = "Model"
+
+    arch: str = field(
+        default="tiny",
+        metadata={"help": f"Backbone size: {', '.join(sorted(ARCHITECTURES))}, or 'tiny' (set by the preset; use "
+                  "--hidden_size/--num_hidden_layers/--num_attention_heads for other sizes)."},
+    )
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Continue pretraining from a backbone checkpoint (modeling_dinov2 or stock transformers "
+                  "dinov2, folder or Hub id; new heads) or from a Dinov2ForSelfDistillation checkpoint."},
+    )
+    distill_from: str | None = field(
+        default=None,
+        metadata={"help": "Distil the student from this frozen Dinov2ForSelfDistillation checkpoint (its teacher "
+                  "backbone and heads). Turns off student masking and drop path (DINOv2 paper, Sec. 5)."},
+    )
+    hidden_size: int | None = field(default=None, metadata={"help": "Override the width of the arch."})
+    num_hidden_layers: int | None = field(default=None, metadata={"help": "Override the depth of the arch."})
+    num_attention_heads: int | None = field(default=None, metadata={"help": "Override the heads of the arch."})
+    ffn_type: str | None = field(default=None, metadata={"help": "'mlp' or 'swiglu' (default: the arch's)."})
+    patch_size: int = field(default=14, metadata={"help": "Patch size; crop sizes must be multiples of it."})
+    num_register_tokens: int = field(default=0, metadata={"help": "Register tokens (4 for the _reg4 models)."})
+    drop_path_rate: float = field(default=0.3, metadata={"help": "Stochastic depth of the student (uniform)."})
+    layerscale_value: float = field(default=1e-5, metadata={"help": "Initial LayerScale (1e-5 for pretraining)."})
+    dino_out_dim: int = field(default=65536, metadata={"help": "Prototypes K of the DINO head."})
+    dino_hidden_dim: int = field(default=2048, metadata={"help": "Hidden width of the head MLPs."})
+    dino_bottleneck_dim: int = field(default=256, metadata={"help": "L2-normalised bottleneck of the DINO head."})
+    ibot_separate_head: bool = field(default=False, metadata={"help": "Separate iBOT head instead of a shared one."})
+    ibot_out_dim: int = field(default=65536, metadata={"help": "Prototypes of a separate iBOT head."})
+    ibot_bottleneck_dim: int = field(default=256, metadata={"help": "Bottleneck of a separate iBOT head."})
+    centering: str = field(default="centering", metadata={"help": "'centering' (softmax) or 'sinkhorn_knopp'."})
+    student_temp: float = field(default=0.1, metadata={"help": "Student temperature."})
+    dino_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the DINO loss."})
+    ibot_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the iBOT loss."})
+    koleo_loss_weight: float = field(default=0.1, metadata={"help": "Weight of the KoLeo regulariser."})
+    koleo_distributed: bool = field(
+        default=False, metadata={"help": "KoLeo over the global batch of all ranks (the original: per GPU)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    _argument_group_name = "Data and augmentation"
+
+    train_dir: str | None = field(default=None, metadata={"help": "Folder of training images (searched recursively)."})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "`datasets` Hub name, a `save_to_disk` folder, or 'fashion_mnist' (Debian package)."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Config name of the dataset."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to train on."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N images."})
+    global_crops_size: int = field(default=224, metadata={"help": "Side of the 2 global crops (and the position table)."})
+    local_crops_size: int = field(default=98, metadata={"help": "Side of the local crops (a multiple of the patch)."})
+    local_crops_number: int = field(default=8, metadata={"help": "Local crops per image (0 disables them)."})
+    global_crops_scale: list[float] = field(default_factory=lambda: [0.32, 1.0], metadata={"help": "Area range."})
+    local_crops_scale: list[float] = field(default_factory=lambda: [0.05, 0.32], metadata={"help": "Area range."})
+    mask_ratio_min_max: list[float] = field(default_factory=lambda: [0.1, 0.5], metadata={"help": "iBOT mask ratios."})
+    mask_probability: float = field(default=0.5, metadata={"help": "Fraction of global crops that are masked."})
+    original_blur_bug: bool = field(
+        default=False,
+        metadata={"help": "Blur with the inverted probabilities the released models used (0 / 0.9 / 0.5) instead "
+                  "of the nominal 1 / 0.1 / 0.5."},
+    )
+    min_image_size: int = field(default=DEFAULT_MIN_IMAGE_SIZE, metadata={"help": "Skip images smaller than this."})
+
+
+@dataclass
+class ExportArguments:
+    _argument_group_name = "Preset and export"
+
+    preset: str = field(default="tiny", metadata={"help": f"Recipe to start from: {', '.join(PRESETS)}."})
+    export_dir: str | None = field(
+        default=None, metadata={"help": "Where the teacher backbone is saved (default: <output_dir>/backbone)."}
+    )
+    export_transformers_dir: str | None = field(
+        default=None, metadata={"help": "Also write a copy that stock transformers.Dinov2Model loads."}
+    )
+    export_hub_repo_id: str | None = field(
+        default=None, metadata={"help": "Push the exported backbone and its model card to this Hub repo."}
+    )
+    export_only: bool = field(
+        default=False,
+        metadata={"help": "Do not train: export the backbone of --model_name_or_path (a Dinov2ForSelfDistillation "
+                  "checkpoint such as <output_dir>/checkpoint-N)."},
+    )
+
+
+def build_parser(preset_name: str) -> HfArgumentParser:
+    parser = HfArgumentParser(
+        (ExportArguments, ModelArguments, DataArguments, Dinov2PretrainingArguments),
+        prog="dinov2-pretrain",
+        usage="dinov2-pretrain [--preset NAME] (--train_dir DIR | --dataset_name NAME) [--output_dir DIR] [options]",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    values = preset(preset_name)
+    parser.set_defaults(preset=preset_name, output_dir=os.path.join("runs", f"dinov2-{preset_name}"),
+                        **values["model"], **values["data"], **values["training"])
+    return parser
+
+
+def parse_args(argv: list[str] | None = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="tiny")
+    known, _ = pre.parse_known_args(argv)
+    if known.preset not in PRESETS:
+        raise SystemExit(f"dinov2-pretrain: error: unknown --preset {known.preset!r}; choose one of {sorted(PRESETS)}")
+    export_args, model_args, data_args, training_args = build_parser(known.preset).parse_args_into_dataclasses(argv)
+    if known.preset == "tiny" and not data_args.train_dir and not data_args.dataset_name:
+        data_args.dataset_name = TINY_DEFAULT_DATA["dataset_name"]
+        data_args.max_train_samples = data_args.max_train_samples or TINY_DEFAULT_DATA["max_train_samples"]
+    return export_args, model_args, data_args, training_args
+
+
+def backbone_config(model_args: ModelArguments, data_args: DataArguments) -> Dinov2Config:
+    """The student ViT: an architecture preset (or explicit sizes), sized for the global crops."""
+    overrides = dict(
+        image_size=data_args.global_crops_size,  # the position table matches the global crops, as in training
+        patch_size=model_args.patch_size,
+        drop_path_rate=model_args.drop_path_rate,
+        layerscale_value=model_args.layerscale_value,
+    )
+    for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "ffn_type"):
+        if getattr(model_args, key) is not None:
+            overrides[key] = getattr(model_args, key)
+    if model_args.arch in ARCHITECTURES:
+        if model_args.num_register_tokens:
+            reg = ARCHITECTURES[f"{model_args.arch.removesuffix('_reg4')}_reg4"]
+            overrides.update(num_register_tokens=model_args.num_register_tokens,
+                             interpolate_offset=reg["interpolate_offset"], interpolate_antialias=reg["interpolate_antialias"])
+        return Dinov2Config.from_preset(model_args.arch, **overrides)
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in overrides]
+    if missing:
+        raise ValueError(f"--arch {model_args.arch} is not a released size: give {', '.join('--' + k for k in missing)}.")
+    return Dinov2Config(num_register_tokens=model_args.num_register_tokens, **overrides)
+
+
+def ssl_config_kwargs(model_args: ModelArguments) -> dict:
+    keys = ("dino_out_dim", "dino_hidden_dim", "dino_bottleneck_dim", "ibot_separate_head", "ibot_out_dim",
+            "ibot_bottleneck_dim", "centering", "student_temp", "dino_loss_weight", "ibot_loss_weight",
+            "koleo_loss_weight", "koleo_distributed")
+    values = {key: getattr(model_args, key) for key in keys}
+    values["ibot_hidden_dim"] = model_args.dino_hidden_dim
+    return values
+
+
+def build_model(model_args: ModelArguments, data_args: DataArguments) -> Dinov2ForSelfDistillation:
+    student = backbone_config(model_args, data_args)
+    if model_args.distill_from:
+        if student.drop_path_rate:
+            logger.info("Distillation: drop path %s -> 0 (the DINOv2 paper removes it)", student.drop_path_rate)
+            student.drop_path_rate = 0.0
+        keep = {k: getattr(model_args, k) for k in ("dino_loss_weight", "ibot_loss_weight", "koleo_loss_weight",
+                                                     "koleo_distributed")}
+        return Dinov2ForSelfDistillation.for_distillation(model_args.distill_from, student, **keep)
+    path = model_args.model_name_or_path
+    if path:
+        if _read_model_type(path) == Dinov2SelfDistillationConfig.model_type:
+            return Dinov2ForSelfDistillation.from_pretrained(path)
+        # a backbone: keep its architecture and position table (interpolated to the crops), new heads
+        overrides = dict(drop_path_rate=model_args.drop_path_rate)
+        return Dinov2ForSelfDistillation.from_backbone(path, backbone_overrides=overrides, **ssl_config_kwargs(model_args))
+    return Dinov2ForSelfDistillation(Dinov2SelfDistillationConfig(backbone_config=student, **ssl_config_kwargs(model_args)))
+
+
+def _read_model_type(path: str) -> str | None:
+    from transformers import PretrainedConfig
+
+    config_dict, _ = PretrainedConfig.get_config_dict(path)
+    return config_dict.get("model_type")
+
+
+def load_images(data_args: DataArguments):
+    """A folder path or a `datasets.Dataset`, limited to `max_train_samples`."""
+    if bool(data_args.train_dir) == bool(data_args.dataset_name):
+        raise ValueError("Give exactly one of --train_dir (a folder of images) or --dataset_name.")
+    if data_args.train_dir:
+        return ImageFolderSource(data_args.train_dir, limit=data_args.max_train_samples)
+    if data_args.dataset_name == "fashion_mnist":
+        return load_fashion_mnist(data_args.dataset_split, limit=data_args.max_train_samples)
+    import datasets
+
+    if os.path.isdir(data_args.dataset_name) and os.path.exists(os.path.join(data_args.dataset_name, "dataset_info.json")):
+        dataset = datasets.load_from_disk(data_args.dataset_name)
+        if isinstance(dataset, datasets.DatasetDict):
+            dataset = dataset[data_args.dataset_split]
+    else:
+        dataset = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, split=data_args.dataset_split)
+    if data_args.max_train_samples:
+        dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
+    return dataset
+
+
+def build_augmentation(data_args: DataArguments, patch_size: int) -> MultiCropAugmentation:
+    for name in ("global_crops_size", "local_crops_size"):
+        if getattr(data_args, name) % patch_size:
+            raise ValueError(f"--{name} {getattr(data_args, name)} is not a multiple of the patch size {patch_size}.")
+    return MultiCropAugmentation(
+        global_crops_size=data_args.global_crops_size,
+        local_crops_size=data_args.local_crops_size,
+        n_local_crops=data_args.local_crops_number,
+        global_crops_scale=tuple(data_args.global_crops_scale),
+        local_crops_scale=tuple(data_args.local_crops_scale),
+        original_blur_bug=data_args.original_blur_bug,
+        blur_kernel_size=min(9, 2 * (min(data_args.global_crops_size, data_args.local_crops_size) // 2) - 1),
+    )
+
+
+def build_data(data_args: DataArguments, patch_size: int, seed: int) -> tuple[MultiCropDataset, MultiCropCollator]:
+    augmentation = build_augmentation(data_args, patch_size)
+    dataset = MultiCropDataset(load_images(data_args), augmentation, image_column=data_args.image_column, seed=seed,
+                               min_image_size=data_args.min_image_size)
+    collator = MultiCropCollator(
+        patch_size=patch_size,
+        global_crops_size=data_args.global_crops_size,
+        mask_ratio_min_max=tuple(data_args.mask_ratio_min_max),
+        mask_probability=data_args.mask_probability,
+    )
+    return dataset, collator
+
+
+def export(model, export_args: ExportArguments, output_dir: str, trainer: Dinov2PretrainingTrainer | None, recipe: dict):
+    from modeling_dinov2.convert import to_transformers
+
+    from .export import export_backbone
+
+    export_dir = export_args.export_dir or os.path.join(output_dir, "backbone")
+    if trainer is not None:
+        trainer.export_backbone(export_dir, repo_id=export_args.export_hub_repo_id, extra_recipe=recipe)
+        if not trainer.args.should_save:  # other ranks: the main process writes the files
+            return export_dir
+    else:
+        export_backbone(model, export_dir, recipe=recipe, repo_id=export_args.export_hub_repo_id)
+    logger.info("Exported the backbone to %s (AutoModel.from_pretrained(%r, trust_remote_code=True))", export_dir, export_dir)
+    if export_args.export_transformers_dir:
+        to_transformers(export_dir, export_args.export_transformers_dir)
+        logger.info("Wrote a stock transformers copy to %s", export_args.export_transformers_dir)
+    if export_args.export_hub_repo_id:
+        logger.info("Pushed the backbone to %s", export_args.export_hub_repo_id)
+    return export_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    export_args, model_args, data_args, training_args = parse_args(argv)
+    try:
+        if export_args.export_only:
+            if not model_args.model_name_or_path:
+                raise ValueError("--export_only needs --model_name_or_path (a Dinov2ForSelfDistillation checkpoint).")
+            model = Dinov2ForSelfDistillation.from_pretrained(model_args.model_name_or_path)
+            recipe = {"exported from": model_args.model_name_or_path}
+            export(model, export_args, training_args.output_dir, None, recipe)
+            return 0
+        resume = training_args.resume_from_checkpoint
+        if resume in ("last", "true", "True"):
+            resume = last_complete_checkpoint(training_args.output_dir)
+            if resume is None:
+                raise ValueError(f"--resume_from_checkpoint last: no complete checkpoint in {training_args.output_dir}.")
+        set_seed(training_args.seed)
+        model = build_model(model_args, data_args)
+        dataset, collator = build_data(data_args, model.config.backbone_config.patch_size, training_args.seed)
+        trainer = Dinov2PretrainingTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
+        trainer.train(resume_from_checkpoint=resume)
+        final_dir = os.path.join(training_args.output_dir, "final")
+        trainer.save_model(final_dir)  # student + teacher + heads + centers: continue or distil from here
+        source = data_args.train_dir or data_args.dataset_name
+        recipe = {"preset": export_args.preset, "data": f"{source} ({len(dataset)} images)",
+                  "crops": f"2 x {data_args.global_crops_size} px + {data_args.local_crops_number} x "
+                  f"{data_args.local_crops_size} px"}
+        export(model, export_args, training_args.output_dir, trainer, recipe)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"dinov2-pretrain: error: {error}", file=sys.stderr)
+        return 1
+    except NonFiniteLossError as error:
+        print(f"dinov2-pretrain: training stopped: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""Pretraining data: images from a `datasets.Dataset` or a folder, decoded defensively, turned into
+multi-crop samples whose randomness is a pure function of (seed, epoch, index).
+
+Bad items never stop a run. Decoding converts what can be converted (greyscale, CMYK, palette,
+16-bit and float images, alpha channels composited on white, images smaller than a crop are
+upscaled by the random resized crop) and raises [`BadImageError`] for the rest (empty, truncated,
+not an image, too small to be an image). [`MultiCropDataset`] then uses the next readable item in its
+place and records the skipped one in the sample, so the Trainer can count and report it even when
+decoding runs in DataLoader workers.
+
+Determinism: every sample's augmentation and the batch's masks are seeded from (seed, epoch, index),
+not from the global RNG, so an interrupted and resumed run sees exactly the same crops and masks as an
+uninterrupted one, with any number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Sampler
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_INSTALL = "apt-get update && apt-get install -y --no-install-recommends dataset-fashion-mnist"
+# below this side an "image" carries no usable content (a 1-px tracking pixel, a broken thumbnail)
+DEFAULT_MIN_IMAGE_SIZE = 8
+ALPHA_BACKGROUND = (255, 255, 255)
+
+
+class BadImageError(ValueError):
+    """An item that cannot be turned into an RGB image; the message says why."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Decoding
+# ----------------------------------------------------------------------------------------------------
+def _high_bit_depth_to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit ("I;16*", "I") and float ("F") images -> 8-bit greyscale, scaled by the value range
+    (`convert("L")` would clip everything above 255 to white)."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        top = 1.0 if values.max(initial=0.0) <= 1.0 else values.max()
+        low = min(values.min(initial=0.0), 0.0)
+    else:
+        low, top = 0.0, 65535.0 if values.max(initial=0) > 255 else 255.0
+    if top <= low:
+        top = low + 1.0
+    scaled = np.clip((values - low) / (top - low), 0.0, 1.0) * 255.0
+    return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: transparency composited on white, high bit depths rescaled, CMYK/palette/
+    greyscale/YCbCr converted."""
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        return _high_bit_depth_to_8bit(image).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(item: Any, min_size: int = DEFAULT_MIN_IMAGE_SIZE) -> Image.Image:
+    """Decode `item` (PIL image, encoded bytes, a path, or a `datasets.Image` `{"bytes", "path"}` dict) into
+    a fully loaded RGB PIL image; raise [`BadImageError`] naming the problem otherwise."""
+    if isinstance(item, dict):
+        item = item.get("bytes") or item.get("path")
+    try:
+        if isinstance(item, Image.Image):
+            image = item
+        elif isinstance(item, (bytes, bytearray)):
+            if len(item) == 0:
+                raise BadImageError("empty file")
+            image = Image.open(io.BytesIO(item))
+        elif isinstance(item, (str, os.PathLike)):
+            if os.path.getsize(item) == 0:
+                raise BadImageError("empty file")
+            image = Image.open(item)
+        elif item is None:
+            raise BadImageError("no image data")
+        else:
+            raise BadImageError(f"unsupported item type {type(item).__name__}")
+        image.load()  # decode now: truncated files fail here, not inside the augmentation
+    except BadImageError:
+        raise
+    except UnidentifiedImageError:
+        raise BadImageError("not an image (PIL cannot identify it)") from None
+    except Image.DecompressionBombError as error:
+        raise BadImageError(f"too large to decode safely ({error})") from None
+    except (OSError, SyntaxError, ValueError) as error:  # truncated / corrupt data
+        raise BadImageError(f"corrupt or truncated image ({error})") from None
+    if min(image.size) < min_size:
+        raise BadImageError(f"too small ({image.size[0]}x{image.size[1]} px, minimum side {min_size})")
+    return to_rgb(image)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sources: indexable collections of raw items with a name for reports
+# ----------------------------------------------------------------------------------------------------
+class ImageFolderSource:
+    """Every file with an image extension under `root` (recursively, sorted, hidden files excluded).
+
+    Files with other extensions are not images by intent (labels.csv, README) and are listed in
+    `ignored_files` rather than counted as bad images. `limit` keeps the first files.
+    """
+
+    def __init__(self, root: str | os.PathLike, limit: int | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"Image folder {self.root} does not exist or is not a directory.")
+        extensions = {ext.lower() for ext in Image.registered_extensions()}
+        files = sorted(
+            p for p in self.root.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
+        )
+        self.files = [p for p in files if p.suffix.lower() in extensions][:limit]
+        self.ignored_files = [p for p in files if p.suffix.lower() not in extensions]
+        if not self.files:
+            raise ValueError(f"No image files found under {self.root} (looked for {sorted(extensions)[:8]}...).")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Any, str]:
+        path = self.files[index]
+        return str(path), str(path.relative_to(self.root))
+
+
+class HFDatasetSource:
+    """The image column of a `datasets.Dataset`. `datasets.Image` columns are read undecoded so that a
+    broken row is reported instead of raising inside `datasets`; string columns are paths."""
+
+    def __init__(self, dataset, image_column: str = "image"):
+        import datasets
+
+        if image_column not in dataset.column_names:
+            raise ValueError(
+                f"The dataset has no column {image_column!r} (columns: {dataset.column_names}); pass image_column=..."
+            )
+        feature = dataset.features[image_column]
+        if isinstance(feature, datasets.Image) and feature.decode:
+            dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+        self.dataset = dataset.select_columns([image_column])
+        self.image_column = image_column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, str]:
+        item = self.dataset[int(index)][self.image_column]
+        path = item.get("path") if isinstance(item, dict) else item if isinstance(item, str) else None
+        return item, f"row {index}" + (f" ({path})" if path else "")
+
+
+def as_source(data, image_column: str = "image"):
+    """A folder path -> [`ImageFolderSource`]; a `datasets.Dataset` -> [`HFDatasetSource`]; a source as is."""
+    if isinstance(data, (str, os.PathLike)):
+        return ImageFolderSource(data)
+    if hasattr(data, "column_names") and hasattr(data, "features"):
+        return HFDatasetSource(data, image_column)
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        return data
+    raise TypeError(f"Expected a folder, a datasets.Dataset or an image source, got {type(data).__name__}.")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dataset and sampler
+# ----------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def single_threaded():
+    """Run torch ops on one intra-op thread: per-image augmentation ops are far too small to parallelise,
+    and on a busy machine the thread hand-offs cost more than the work (DataLoader workers do the same)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one sample of one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class MultiCropDataset(Dataset):
+    """Map-style dataset of multi-crop samples with bad-item handling.
+
+    `dataset[i]` returns the `transform` output (`global_crops`, `local_crops`) plus `seed` (the sample's
+    seed, used by the collator for the masks) and `skipped`: `[(index, name, reason), ...]` for bad items
+    replaced by the next readable one.
+
+    Args:
+        data: a folder of images, a `datasets.Dataset` with an image column, or a source (see `as_source`).
+        transform: e.g. [`MultiCropAugmentation`]; called as `transform(image, generator=...)`.
+        image_column: image column of a `datasets.Dataset`.
+        seed: base seed of the augmentations.
+        min_image_size: smaller images are skipped (larger ones smaller than a crop are upscaled).
+        max_consecutive_bad: give up with an error after this many unreadable items in a row.
+    """
+
+    def __init__(
+        self,
+        data,
+        transform: Callable,
+        image_column: str = "image",
+        seed: int = 0,
+        min_image_size: int = DEFAULT_MIN_IMAGE_SIZE,
+        max_consecutive_bad: int = 100,
+    ):
+        self.source = as_source(data, image_column)
+        if len(self.source) == 0:
+            raise ValueError("The pretraining dataset is empty.")
+        self.transform = transform
+        self.seed = seed
+        self.min_image_size = min_image_size
+        self.max_consecutive_bad = max_consecutive_bad
+        # shared memory: DataLoader workers (also persistent ones) see the epoch set in the main process
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        with single_threaded():
+            return self._sample(int(index))
+
+    def _sample(self, index: int) -> dict[str, Any]:
+        seed = item_seed(self.seed, self.epoch, index)
+        skipped = []
+        for offset in range(min(self.max_consecutive_bad, len(self.source))):
+            position = (int(index) + offset) % len(self.source)
+            raw, name = self.source[position]
+            try:
+                image = decode_image(raw, self.min_image_size)
+            except BadImageError as error:
+                skipped.append((position, name, str(error)))
+                continue
+            sample = dict(self.transform(image, generator=torch.Generator().manual_seed(seed)))
+            sample.update(seed=seed, skipped=skipped)
+            return sample
+        details = "\n".join(f"  {name}: {reason}" for _, name, reason in skipped[:10])
+        raise RuntimeError(
+            f"{len(skipped)} consecutive unreadable items starting at index {index}; is this an image dataset?\n{details}"
+        )
+
+
+class EpochRandomSampler(Sampler[int]):
+    """A random permutation per epoch drawn from `seed + epoch` only: identical on every rank (accelerate
+    shards the batches), and reproducible after a resume."""
+
+    def __init__(self, num_samples: int, seed: int = 0):
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.randperm(self.num_samples, generator=generator).tolist()
+
+
+class SkippedImages:
+    """Unique bad items seen during training, for the log and the final report."""
+
+    def __init__(self):
+        self.records: dict[str, str] = {}
+
+    def add(self, skipped: Sequence[tuple[int, str, str]]) -> None:
+        for _, name, reason in skipped:
+            self.records.setdefault(name, reason)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def summary(self, limit: int = 20) -> str:
+        if not self.records:
+            return "No unreadable images."
+        lines = [f"{len(self.records)} unreadable image(s) were skipped (each replaced by the next readable one):"]
+        lines += [f"  {name}: {reason}" for name, reason in list(self.records.items())[:limit]]
+        if len(self.records) > limit:
+            lines.append(f"  ... and {len(self.records) - limit} more (see skipped_images.json)")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fashion-MNIST from the Debian package
+# ----------------------------------------------------------------------------------------------------
+def load_fashion_mnist(split: str = "train", limit: int | None = None, root: str | os.PathLike = FASHION_MNIST_DIR):
+    """Fashion-MNIST (28x28 greyscale, 10 classes) from Debian's `dataset-fashion-mnist` as a
+    `datasets.Dataset` with `image` (PIL) and `label` columns; `limit` keeps the first rows."""
+    import datasets
+
+    prefix = {"train": "train", "test": "t10k"}.get(split)
+    if prefix is None:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    root = Path(root)
+    images_file, labels_file = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
+    if not images_file.exists():
+        raise FileNotFoundError(f"Fashion-MNIST is not installed ({images_file} is missing). Install it with: "
+                                f"{FASHION_MNIST_INSTALL}")
+    with gzip.open(images_file) as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(labels_file) as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    return datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(a, mode="L") for a in images], "label": labels.tolist()}, features=features
+    )

@@ -1,0 +1,93 @@
+"""Recipes for `dinov2-pretrain --preset NAME`: the original DINOv2 hyperparameters per architecture, and a
+`tiny` preset that trains in minutes on a CPU.
+
+- `vit_small`, `vit_base`: `ssl_default_config.yaml` (the original trained these sizes only by distillation;
+  these are its from-scratch defaults): base lr 4e-3 per 1024 images, 100 x 1250 steps, 10 warm-up epochs,
+  weight decay 0.04 -> 0.4, teacher momentum 0.992 -> 1, drop path 0.3, layer-wise decay 0.9, 65536
+  prototypes with a shared iBOT head, softmax centering, batch 64 per GPU.
+- `vit_large`, `vit_giant2`: `vitl14.yaml` / `vitg14.yaml`: SwiGLU FFN, base lr 2e-4, 500 x 1250 steps,
+  80 warm-up epochs, weight decay 0.04 -> 0.2, momentum 0.994, drop path 0.4, no layer-wise decay,
+  131072 prototypes (bottleneck 384) plus a separate iBOT head, Sinkhorn-Knopp, batch 32 / 12 per GPU.
+- `tiny`: a 4-block, 96-wide ViT with patch 4 on 28-px global and 12-px local crops (Fashion-MNIST sized).
+  Without --train_dir / --dataset_name it trains on the first 2048 Fashion-MNIST images
+  (`TINY_DEFAULT_DATA`). Short-run choices, found by probing on Fashion-MNIST (see the report in
+  pretraining/README.md): with the original momentum 0.992 and LayerScale 1e-5, a few hundred steps never
+  leave the uniform fixed point (dino_loss = ln K), because the EMA teacher averages over ~100+ steps of
+  near-identical early students. Momentum 0.95 (an EMA window of ~20 steps), LayerScale 0.1, a constant
+  teacher temperature of 0.04, 256 prototypes and a 1024-wide head leave that fixed point, but softmax
+  centering then oscillates between one-prototype collapse and uniform targets at this batch size;
+  Sinkhorn-Knopp's equipartition keeps it stable (the loss falls steadily, prototype usage grows). The frozen
+  features are still weak after a few hundred steps (k-NN ~0.5 vs ~0.45 at init).
+
+Each preset has three parts, for the `model`, `data` and `training` argument groups of the CLI.
+"""
+
+from __future__ import annotations
+
+OFFICIAL_EPOCH_LENGTH = 1250
+TINY_DEFAULT_DATA = dict(dataset_name="fashion_mnist", max_train_samples=2048)  # DINOv2 counts 1250 iterations as an epoch, whatever the dataset size
+
+_DEFAULT_RECIPE = dict(
+    model=dict(
+        patch_size=14, drop_path_rate=0.3, layerscale_value=1e-5, dino_out_dim=65536,
+        dino_hidden_dim=2048, dino_bottleneck_dim=256, ibot_separate_head=False, centering="centering",
+    ),
+    data=dict(global_crops_size=224, local_crops_size=98, local_crops_number=8),
+    training=dict(
+        per_device_train_batch_size=64, learning_rate=4e-3, max_steps=100 * OFFICIAL_EPOCH_LENGTH, warmup_epochs=10,
+        epoch_length=OFFICIAL_EPOCH_LENGTH, weight_decay=0.04, weight_decay_end=0.4, momentum_teacher=0.992,
+        warmup_teacher_temp_epochs=30, layerwise_decay=0.9, freeze_last_layer_epochs=1, min_lr=1e-6,
+        save_steps=3 * OFFICIAL_EPOCH_LENGTH, save_total_limit=3,
+    ),
+)
+
+_LARGE_RECIPE = dict(
+    model=dict(
+        _DEFAULT_RECIPE["model"], drop_path_rate=0.4, ffn_type="swiglu", dino_out_dim=131072,
+        dino_bottleneck_dim=384, ibot_separate_head=True, ibot_out_dim=131072, ibot_bottleneck_dim=256,
+        centering="sinkhorn_knopp",
+    ),
+    data=dict(_DEFAULT_RECIPE["data"]),
+    training=dict(
+        _DEFAULT_RECIPE["training"], per_device_train_batch_size=32, learning_rate=2e-4,
+        max_steps=500 * OFFICIAL_EPOCH_LENGTH, warmup_epochs=80, weight_decay_end=0.2, momentum_teacher=0.994,
+        layerwise_decay=1.0,
+    ),
+)
+
+
+def _with(recipe: dict, **parts) -> dict:
+    return {key: dict(recipe[key], **parts.get(key, {})) for key in ("model", "data", "training")}
+
+
+PRESETS: dict[str, dict] = {
+    "vit_small": _with(_DEFAULT_RECIPE, model=dict(arch="vit_small")),
+    "vit_base": _with(_DEFAULT_RECIPE, model=dict(arch="vit_base")),
+    "vit_large": _with(_LARGE_RECIPE, model=dict(arch="vit_large")),
+    "vit_giant2": _with(_LARGE_RECIPE, model=dict(arch="vit_giant2"), training=dict(per_device_train_batch_size=12)),
+    "tiny": dict(
+        model=dict(
+            arch="tiny", hidden_size=96, num_hidden_layers=4, num_attention_heads=3, patch_size=4,
+            drop_path_rate=0.0, layerscale_value=0.1, dino_out_dim=256, dino_hidden_dim=1024,
+            dino_bottleneck_dim=64, ibot_separate_head=False, centering="sinkhorn_knopp",
+        ),
+        data=dict(
+            global_crops_size=28, local_crops_size=12, local_crops_number=4, global_crops_scale=[0.4, 1.0],
+            local_crops_scale=[0.1, 0.4],
+        ),
+        training=dict(
+            per_device_train_batch_size=64, learning_rate=1e-3, scale_lr_with_batch_size=False, max_steps=300,
+            warmup_epochs=0, warmup_steps=30, epoch_length=100, weight_decay=0.04, weight_decay_end=0.1,
+            momentum_teacher=0.95, warmup_teacher_temp=0.04, teacher_temp=0.04, warmup_teacher_temp_epochs=0,
+            layerwise_decay=1.0, freeze_last_layer_epochs=0.1, min_lr=1e-5, save_steps=100, save_total_limit=2,
+            logging_steps=10,
+        ),
+    ),
+}
+
+
+def preset(name: str) -> dict:
+    """The `{"model", "data", "training"}` values of a preset (copies)."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+    return {key: dict(values) for key, values in PRESETS[name].items()}

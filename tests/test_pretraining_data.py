@@ -1,0 +1,184 @@
+"""Pretraining data: decoding of awkward images (converted) and broken ones (skipped with a reason), the
+bad-item replacement and report of MultiCropDataset over a folder and a datasets.Dataset, reproducible
+per-sample randomness, the epoch sampler, and a Trainer run that counts and lists the skipped images."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ddp_pretraining_helper import GLOBAL, LOCAL, PATCH, synthetic_images, tiny_model
+from pretraining.augmentations import MultiCropAugmentation
+from pretraining.collate import MultiCropCollator
+from pretraining.data import (
+    FASHION_MNIST_DIR,
+    BadImageError,
+    EpochRandomSampler,
+    MultiCropDataset,
+    decode_image,
+    load_fashion_mnist,
+)
+from pretraining.trainer import Dinov2PretrainingArguments, Dinov2PretrainingTrainer
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def png_bytes(image: Image.Image, format="PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def photo(size=(40, 32), seed=0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def write_awkward_folder(root):
+    """5 good images and one of every awkward kind; returns the names that must be skipped."""
+    root.mkdir()
+    (root / "sub").mkdir()
+    for i in range(5):
+        photo(seed=i).save(root / f"good_{i}.png")
+    photo().convert("CMYK").save(root / "cmyk.jpg")
+    Image.fromarray((np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16)).save(root / "sub" / "deep16.png")
+    photo().convert("RGBA").save(root / "rgba.png")
+    photo(size=(20, 20)).save(root / "smaller_than_a_crop.png")  # upscaled by the random resized crop
+    jpeg = png_bytes(photo(size=(64, 64)), "JPEG")
+    (root / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    (root / "empty.png").write_bytes(b"")
+    (root / "not_an_image.png").write_text("this is text, not pixels")
+    photo(size=(4, 4)).save(root / "tiny.png")
+    (root / "labels.csv").write_text("a,b\n")  # not an image extension: ignored, not "bad"
+    return {"truncated.jpg", "empty.png", "not_an_image.png", "tiny.png"}
+
+
+def test_decode_converts_awkward_images(tmp_path):
+    cmyk = decode_image(png_bytes(photo().convert("CMYK"), "JPEG"))
+    assert cmyk.mode == "RGB" and cmyk.size == (40, 32)
+    # 16-bit greyscale is rescaled by 65535, not clipped at 255 (0 -> 0, 32768 -> 128, 65535 -> 255)
+    deep = Image.fromarray(np.array([[0, 32768, 65535] * 4] * 12, dtype=np.uint16))
+    rgb = np.asarray(decode_image(png_bytes(deep)))
+    assert rgb.shape == (12, 12, 3) and rgb[0, :3, 0].tolist() == [0, 128, 255]
+    # transparency is composited on white
+    rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
+    rgba.putpixel((0, 0), (255, 0, 0, 255))
+    out = np.asarray(decode_image(png_bytes(rgba)))
+    assert out[5, 5].tolist() == [255, 255, 255] and out[0, 0].tolist() == [255, 0, 0]
+    palette = decode_image(png_bytes(photo().convert("P")))
+    assert palette.mode == "RGB"
+    grey = decode_image(Image.new("L", (9, 9), 7))
+    assert np.asarray(grey)[0, 0].tolist() == [7, 7, 7]
+    floats = decode_image(Image.fromarray(np.full((9, 9), 0.5, dtype=np.float32)))
+    assert np.asarray(floats)[0, 0, 0] == 128
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [(b"", "empty"), (b"hello", "not an image"), (None, "no image data"), (3, "unsupported")],
+)
+def test_decode_rejects_broken_items_with_a_reason(data, reason):
+    with pytest.raises(BadImageError, match=reason):
+        decode_image(data)
+
+
+def test_decode_rejects_truncated_and_too_small():
+    jpeg = png_bytes(photo(size=(64, 64)), "JPEG")
+    with pytest.raises(BadImageError, match="truncated"):
+        decode_image(jpeg[: len(jpeg) // 3])
+    with pytest.raises(BadImageError, match="too small"):
+        decode_image(png_bytes(photo(size=(4, 4))))
+    assert decode_image(png_bytes(photo(size=(4, 4))), min_size=1).size == (4, 4)
+
+
+def augmentation():
+    return MultiCropAugmentation(GLOBAL, LOCAL, n_local_crops=2, blur_kernel_size=3)
+
+
+def test_folder_dataset_skips_and_reports_bad_items(tmp_path):
+    bad = write_awkward_folder(tmp_path / "images")
+    dataset = MultiCropDataset(tmp_path / "images", augmentation())
+    assert len(dataset) == 13  # labels.csv is not an image file
+    assert [p.name for p in dataset.source.ignored_files] == ["labels.csv"]
+    skipped = {}
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        assert sample["global_crops"][0].shape == (3, GLOBAL, GLOBAL) and len(sample["local_crops"]) == 2
+        skipped.update({name: reason for _, name, reason in sample["skipped"]})
+    assert set(skipped) == bad
+    assert "truncated" in skipped["truncated.jpg"] and "empty" in skipped["empty.png"]
+
+
+def test_hf_dataset_with_a_corrupt_row():
+    import datasets
+
+    rows = [{"bytes": png_bytes(photo(seed=i)), "path": None} for i in range(3)]
+    rows.insert(1, {"bytes": b"\x89PNG broken", "path": None})
+    ds = datasets.Dataset.from_dict({"image": rows}, features=datasets.Features({"image": datasets.Image()}))
+    dataset = MultiCropDataset(ds, augmentation())
+    sample = dataset[1]  # the broken row is replaced by row 2 and reported
+    assert [(index, reason.split(" ")[0]) for index, _, reason in sample["skipped"]] == [(1, "not")]
+    assert sample["skipped"][0][1] == "row 1"
+    with pytest.raises(ValueError, match="no column 'img'"):
+        MultiCropDataset(ds, augmentation(), image_column="img")
+
+
+def test_samples_depend_only_on_seed_epoch_and_index():
+    dataset = MultiCropDataset(synthetic_images(4), augmentation(), seed=3)
+    a, b = dataset[2], dataset[2]
+    assert torch.equal(a["global_crops"][0], b["global_crops"][0]) and a["seed"] == b["seed"]
+    assert not torch.equal(dataset[1]["global_crops"][0], a["global_crops"][0])
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[2]["global_crops"][0], a["global_crops"][0])  # new epoch, new crops
+    other = MultiCropDataset(synthetic_images(4), augmentation(), seed=3)
+    other.set_epoch(1)
+    assert torch.equal(other[2]["local_crops"][1], dataset[2]["local_crops"][1])
+    # the collator seeds the masks from the samples: same samples -> same masks, whatever the global RNG
+    collator = MultiCropCollator(patch_size=PATCH, global_crops_size=GLOBAL)
+    torch.manual_seed(0)
+    m1 = collator([dataset[0], dataset[1]])["masks"]
+    torch.manual_seed(1)
+    m2 = collator([dataset[0], dataset[1]])["masks"]
+    assert torch.equal(m1, m2)
+
+
+def test_epoch_sampler():
+    sampler = EpochRandomSampler(10, seed=5)
+    first = list(sampler)
+    assert sorted(first) == list(range(10)) and list(sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    again = EpochRandomSampler(10, seed=5)
+    again.set_epoch(1)
+    assert list(again) == list(sampler)
+
+
+def test_trainer_run_counts_and_lists_skipped_images(tmp_path, capsys):
+    bad = write_awkward_folder(tmp_path / "images")
+    torch.manual_seed(0)
+    dataset = MultiCropDataset(tmp_path / "images", augmentation())
+    args = Dinov2PretrainingArguments(
+        output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, max_steps=4, logging_steps=2,
+        save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, warmup_steps=1,
+    )
+    trainer = Dinov2PretrainingTrainer(model=tiny_model(), args=args, train_dataset=dataset,
+                                       data_collator=MultiCropCollator(patch_size=PATCH, global_crops_size=GLOBAL))
+    trainer.train()
+    assert trainer.state.global_step == 4
+    listed = json.loads((tmp_path / "run" / "skipped_images.json").read_text())
+    assert set(listed) <= bad and len(listed) >= 1  # the items drawn so far
+    logged = [entry["skipped_images"] for entry in trainer.state.log_history if "skipped_images" in entry]
+    assert logged[-1] == len(listed) and logged == sorted(logged)
+    assert "unreadable image(s) were skipped" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.exists(), reason="Fashion-MNIST is not installed: apt-get update && "
+                    "apt-get install -y --no-install-recommends dataset-fashion-mnist")
+def test_load_fashion_mnist():
+    ds = load_fashion_mnist("test", limit=5)
+    assert len(ds) == 5 and ds[0]["image"].size == (28, 28) and ds.features["label"].names[9] == "Ankle boot"
+    with pytest.raises(ValueError, match="split"):
+        load_fashion_mnist("validation")
