@@ -43,7 +43,8 @@ def _opt(default: Any, help: str):
 class EmbeddingConfig:
     """How images are embedded (see :func:`curation.embed.embed_images`)."""
 
-    model: Any = _opt(None, "required: checkpoint folder, Hub id or TorchScript file (a torch.nn.Module in Python)")
+    model: Any = _opt(None, "required: checkpoint folder, Hub id, TorchScript file, 'pixels[:N]' (grey NxN "
+                      "thumbnails, no network) or, in Python, a torch.nn.Module")
     dedup_model: Any = _opt(None, "optional copy-detection model for dedup + decontamination (SSCD in the "
                                   "paper); default: the same embeddings as retrieval and clustering")
     pooling: str = _opt("cls", "image feature: cls, mean (of patch tokens) or cls+mean")

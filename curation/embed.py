@@ -117,7 +117,8 @@ def load_model(model: Any, *, image_size: Optional[int] = None) -> LoadedModel:
     """Load the embedding model.
 
     Args:
-        model: a checkpoint folder or Hub id of a ``modeling_dinov2`` or stock transformers model
+        model: ``"pixels"`` / ``"pixels:N"`` (grey N x N thumbnails, :mod:`curation.pixels`), a checkpoint
+            folder or Hub id of a ``modeling_dinov2`` or stock transformers model
             (``AutoModel.from_pretrained``), a TorchScript file (``.pt``/``.torchscript``, e.g. an SSCD
             copy-detection model, which must map ``(B, 3, H, W)`` to ``(B, D)``), or a ``torch.nn.Module``
             returning either a tensor or a transformers output with ``pooler_output``.
@@ -127,7 +128,14 @@ def load_model(model: Any, *, image_size: Optional[int] = None) -> LoadedModel:
 
     import modeling_dinov2  # noqa: F401  (registers the dinov2_ssl model type with AutoModel)
 
+    from .pixels import PIXELS, PixelThumbnails, parse_pixels_spec
+
     preprocessing = None
+    side = parse_pixels_spec(model) if isinstance(model, str) else None
+    if side is not None:  # no network: pixel thumbnails of the whole image (curation.pixels)
+        module = PixelThumbnails(side)
+        size = int(image_size or side)
+        return LoadedModel(module.eval(), f"{PIXELS}:{side}", Preprocessing(resize=size, crop=size), None, 0)
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
         if os.path.isfile(path) and path.endswith((".pt", ".pth", ".torchscript", ".jit")):
