@@ -1,72 +1,322 @@
-"""The main job: build a DINOv2 ViT, share it the transformers way, and look at its features.
+"""The main job: the whole DINOv2 story on real images, on one CPU, with one command.
 
-1. build a ViT-S/14 (`modeling_dinov2`, random init unless `--model` is given) and `save_pretrained` it,
-   with its code, image-processor config and model card;
-2. load it back with `AutoModel.from_pretrained(..., trust_remote_code=True)` and `AutoImageProcessor`, as a
-   user without this package would;
-3. extract CLS and patch features from real photos bundled with scikit-image;
-4. write a PCA picture of the patch features (`pca_features.png`).
+1. **Data.** Fashion-MNIST (60k train / 10k test, 28-px grey product photos) as `datasets.Dataset`s, from the
+   Debian package `dataset-fashion-mnist` (installed here when possible), else the Hub copy when online.
+2. **Curate** (`curation.pipeline.curate`): grey-thumbnail embeddings (no trained network exists yet),
+   de-duplication of the train split, decontamination against the test split (whole duplicate components,
+   as the paper), hierarchical k-means and balanced sampling; removal log, report and cluster-size picture.
+3. **Pretrain** a small ViT by self-distillation with `dinov2-pretrain --preset tiny` on the curated set.
+4. **Evaluate** the teacher's frozen features on the test split: k-NN (official protocol: cosine, softmax
+   weights with T = 0.07) and a linear probe; the same ViT at random init and raw pixels as baselines.
+5. **Share**: a Hub-ready model folder (weights, code, image-processor config) whose model card carries the
+   measured numbers, with a PCA picture of patch features and the loss curve.
 
-    dinov2-demo --output-dir outputs/demo
-    dinov2-demo --model facebook/dinov2-small      # a trained model, for a user who is online
+    dinov2-demo                                  # the README's main command (outputs/demo)
+    dinov2-demo --quick --output-dir /tmp/demo   # a toy-sized run, for a smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from examples.pca_features import package_photos, pca_picture, save_pca_figure
+STEPS = ("data", "curate", "pretrain", "evaluate", "share")
+HUB_FASHION_MNIST = "zalando-datasets/fashion_mnist"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dinov2-demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default="outputs/demo", help="where the model folder and pictures go")
-    parser.add_argument("--model", default=None, help="start from this checkpoint instead of a random ViT-S/14")
-    parser.add_argument("--preset", default="vit_small", help="architecture when --model is not given")
+    parser.add_argument("--output-dir", default="outputs/demo", help="where every step writes (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true",
+                        help="toy size (2,000 train / 500 test images, 20 steps): checks the pipeline in about a minute")
+    parser.add_argument("--train-limit", type=int, default=None, help="use only the first N train images")
+    parser.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
+    parser.add_argument("--max-steps", type=int, default=None, help="pretraining steps (default: the tiny preset's)")
+    parser.add_argument("--curated-fraction", type=float, default=0.8,
+                        help="balanced sample kept after de-duplication (default: %(default)s)")
+    parser.add_argument("--dedup-threshold", type=float, default=0.99,
+                        help="pixel-correlation threshold for near-duplicates (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--seed", type=int, default=0)
     return parser
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Run the four steps; returns the model folder, the figure path and the CLS features."""
-    import transformers
+def log(step: str, message: str) -> None:
+    print(f"[{STEPS.index(step) + 1}/{len(STEPS)} {step}] {message}", flush=True)
 
-    import modeling_dinov2
+
+# ----------------------------------------------------------------------------------------------------
+# 1. data
+# ----------------------------------------------------------------------------------------------------
+def install_fashion_mnist() -> bool:
+    """Install the Debian package when this process may (root, apt-get present); True when it worked."""
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        return False
+    for command in (["apt-get", "update", "-qq"],
+                    ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "dataset-fashion-mnist"]):
+        if subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode != 0:
+            return False
+    return True
+
+
+def load_data(train_limit: int | None, test_limit: int | None):
+    """(train, test) `datasets.Dataset`s with `image` and `label` columns."""
+    from examples.data import FASHION_MNIST_DIR, FASHION_MNIST_INSTALL, load_fashion_mnist
+
+    if not (FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").is_file() and install_fashion_mnist():
+        log("data", "installed the Debian package dataset-fashion-mnist")
+    if (FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").is_file():
+        return load_fashion_mnist("train", limit=train_limit), load_fashion_mnist("test", limit=test_limit)
+    try:  # the Hub copy, for a machine that is online but cannot install Debian packages
+        import datasets
+
+        hub = datasets.load_dataset(HUB_FASHION_MNIST)
+        train, test = hub["train"], hub["test"]
+    except Exception as error:
+        raise SystemExit(
+            f"dinov2-demo: Fashion-MNIST is not at {FASHION_MNIST_DIR} and the Hub copy ({HUB_FASHION_MNIST}) could "
+            f"not be loaded ({type(error).__name__}). Install it with: {FASHION_MNIST_INSTALL}"
+        ) from None
+    limit = lambda ds, n: ds.select(range(min(n, len(ds)))) if n else ds  # noqa: E731
+    return limit(train, train_limit), limit(test, test_limit)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. curate
+# ----------------------------------------------------------------------------------------------------
+def curate(train, test, output_dir: Path, args) -> object:
+    from curation.pipeline import curate as run_curation
+
+    n_fine = max(2, min(100, len(train) // 200))
+    config = {
+        # 28-px grey thumbnails: a sound copy detector at this size, and the only embedding available before
+        # pretraining (the paper curates with a model trained beforehand)
+        "embedding": {"model": "pixels:28", "batch_size": 512, "storage_dtype": "float32"},
+        "dedup": {"threshold": args.dedup_threshold},
+        "decontamination": {"threshold": args.dedup_threshold},
+        "retrieval": {"mode": "none"},
+        "clustering": {"n_clusters": [n_fine, max(2, n_fine // 10)], "n_resampling_steps": 5},
+        "sampling": {"target_fraction": args.curated_fraction},
+        "seed": args.seed,
+    }
+    result = run_curation(pool=train, eval_sets={"test": test}, config=config, output_dir=str(output_dir))
+    counts = result.report.get("accounting", {}).get("pool", result.report.get("accounting", {}))
+    log("curate", f"{len(train):,} train images -> {len(result.dataset):,} curated ({counts}); "
+        f"report, removal log and cluster sizes in {output_dir}")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. pretrain
+# ----------------------------------------------------------------------------------------------------
+def pretrain(dataset_dir: Path, output_dir: Path, args) -> Path:
+    """Run `dinov2-pretrain --preset tiny` in a child process (its own threads and memory); returns the backbone."""
+    command = [sys.executable, "-m", "pretraining.cli", "--preset", "tiny", "--dataset_name", str(dataset_dir),
+               "--image_column", "image", "--output_dir", str(output_dir), "--seed", str(args.seed),
+               "--report_to", "none"]
+    if args.max_steps:
+        command += ["--max_steps", str(args.max_steps)]
+    log("pretrain", " ".join(["dinov2-pretrain", *command[3:]]))
+    environment = dict(os.environ)
+    if args.threads:
+        environment["OMP_NUM_THREADS"] = str(args.threads)
+    if subprocess.run(command, env=environment).returncode != 0:
+        raise SystemExit("dinov2-demo: pretraining failed (see its output above).")
+    return output_dir / "backbone"
+
+
+def loss_history(pretrain_dir: Path) -> list[dict]:
+    """The Trainer's logged losses: trainer_state.json of the run, or of its last checkpoint."""
+    candidates = [pretrain_dir / "trainer_state.json"]
+    checkpoints = sorted(pretrain_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    candidates += [c / "trainer_state.json" for c in reversed(checkpoints)]
+    for path in candidates:
+        if path.is_file():
+            return [row for row in json.loads(path.read_text())["log_history"] if "loss" in row]
+    return []
+
+
+def plot_losses(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for key in ("loss", "dino_loss", "ibot_loss", "koleo_loss"):
+        points = [(row["step"], row[key]) for row in history if key in row]
+        if points:
+            axis.plot(*zip(*points), label=key)
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("loss")
+    axis.set_title("DINOv2 self-distillation on curated Fashion-MNIST")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. evaluate
+# ----------------------------------------------------------------------------------------------------
+def evaluate(name: str, train_features, test_features, seed: int) -> dict:
+    """k-NN (k = 10, 20, 100, 200) and linear-probe top-1 on the test split, as fractions."""
+    from examples.knn_eval import knn_classify
+    from examples.linear_probe import linear_probe, split_train_val
+
+    knn = knn_classify(train_features.cls, train_features.labels, test_features.cls, test_features.labels,
+                       ks=(10, 20, 100, 200), T=0.07)
+    fit, val = split_train_val(train_features, val_fraction=0.1, seed=seed)
+    probe = linear_probe(fit.cls, fit.labels, val.cls, val.labels, test_features.cls, test_features.labels,
+                         epochs=10, seed=seed, name=name)
+    return {"knn": {k: v["top1"] for k, v in knn.items()}, "linear": probe.test_top1, "linear_lr": probe.lr}
+
+
+def as_uint8_images(dataset) -> torch.Tensor:
+    """All images of a same-size grey dataset as one (N, H, W) uint8 tensor (decoded once)."""
+    import numpy as np
+
+    return torch.from_numpy(np.stack([np.asarray(image.convert("L")) for image in dataset["image"]]))
+
+
+@torch.inference_mode()
+def backbone_features(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024):
+    """Frozen features of (N, H, W) uint8 images at their own size: the same values as
+    `examples.features.extract_features` with `eval_transform(H, resize_size=H)` (grey -> RGB, ImageNet
+    normalisation), without decoding and transforming image by image."""
+    from tqdm.auto import tqdm
+
+    from examples.features import Features
+    from modeling_dinov2.model_card import IMAGENET_MEAN, IMAGENET_STD
+
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    cls, patch_mean = [], []
+    for start in tqdm(range(0, len(images), batch_size), desc="features", unit="batch"):
+        pixel_values = (images[start : start + batch_size, None].float() / 255).expand(-1, 3, -1, -1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            patches, cls_token = model.get_intermediate_layers((pixel_values - mean) / std, n=1,
+                                                               return_class_token=True)[0]
+        cls.append(cls_token.float())
+        patch_mean.append(patches.float().mean(1))
+    return Features(torch.cat(cls)[:, None], labels, torch.cat(patch_mean))
+
+
+# ----------------------------------------------------------------------------------------------------
+# 5. share
+# ----------------------------------------------------------------------------------------------------
+def results_table(results: dict) -> str:
+    rows = ["| features | k-NN k=10 | k=20 | k=100 | k=200 | linear |", "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        knn = " | ".join(f"{100 * r['knn'].get(k, float('nan')):.1f}" for k in (10, 20, 100, 200))
+        rows.append(f"| {name} | {knn} | {100 * r['linear']:.1f} |")
+    return "\n".join(rows)
+
+
+def write_model_folder(backbone_dir: Path, model_dir: Path, results: dict, curation_report: dict, recipe: str) -> None:
+    """The exported teacher backbone plus a model card with the measured numbers."""
+    from modeling_dinov2 import Dinov2Config, write_model_card
+
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    shutil.copytree(backbone_dir, model_dir)
+    config = Dinov2Config.from_pretrained(model_dir)
+    pretrained = results["DINOv2 (this run)"]
+    metrics = {f"Fashion-MNIST test k-NN top-1 (k={k})": round(100 * v, 2) for k, v in pretrained["knn"].items()}
+    metrics["Fashion-MNIST test linear-probe top-1"] = round(100 * pretrained["linear"], 2)
+    sections = {
+        "Evaluation": "Frozen teacher features (final-normed CLS), Fashion-MNIST test split (10,000 images), "
+        "k-NN bank and linear-probe training set: the train split. k-NN: cosine similarity, softmax(s / 0.07) "
+        "weights over the top 200 (DINOv2's protocol). Linear: a linear layer on the CLS feature, lr chosen on "
+        "10% of the train split. Accuracy in %:\n\n" + results_table(results) + "\n\n![PCA of patch features]"
+        "(pca_features.png)\n\n![loss curve](loss_curve.png)",
+        "Training data": "Fashion-MNIST train split curated with `curation` (pixel-thumbnail de-duplication, "
+        "decontamination against the test split, hierarchical k-means balanced sampling):\n\n```json\n"
+        + json.dumps({k: curation_report[k] for k in ("accounting", "removed") if k in curation_report}, indent=2,
+                     default=str)[:3000] + "\n```",
+        "Training recipe": recipe,
+    }
+    write_model_card(model_dir, config, overwrite=True, metrics=metrics, sections=sections,
+                     extra_tags=["fashion-mnist", "dinov2-demo"])
+
+
+def pca_figure(model, test, image_size: int, path: Path) -> None:
+    """PCA picture of the patch features of test images, upsampled 4x so that patches are visible."""
+    from examples.pca_features import pca_picture, save_pca_figure
+    from examples.features import eval_transform
+
+    images = [test[i]["image"].resize((image_size * 4, image_size * 4)) for i in range(8)]
+    transform = eval_transform(image_size * 4, resize_size=image_size * 4)
+    with torch.no_grad():
+        maps = model.get_intermediate_layers(torch.stack([transform(i) for i in images]), n=1, reshape=True)[0]
+    save_pca_figure(images, pca_picture(maps.permute(0, 2, 3, 1).float()), str(path),
+                    title="PCA of patch features (first component thresholded, next three as RGB)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    from examples.features import pixel_features
+    from modeling_dinov2 import Dinov2Config, Dinov2Model
 
     start = time.perf_counter()
-    model_dir = os.path.join(args.output_dir, "model")
-    if args.model:
-        model = modeling_dinov2.Dinov2Model.from_pretrained(args.model)
-    else:
-        torch.manual_seed(0)
-        model = modeling_dinov2.Dinov2Model(modeling_dinov2.Dinov2Config.from_preset(args.preset))
-    model.save_pretrained(model_dir)
-    print(f"[1/4] saved {model.num_parameters():,}-parameter model to {model_dir}: {sorted(os.listdir(model_dir))}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.train_limit, args.test_limit = args.train_limit or 2000, args.test_limit or 500
+        args.max_steps = args.max_steps or 20
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
 
-    loaded = transformers.AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
-    processor = transformers.AutoImageProcessor.from_pretrained(model_dir)
-    print(f"[2/4] loaded {type(loaded).__name__} and {type(processor).__name__} with the Auto classes")
+    train, test = load_data(args.train_limit, args.test_limit)
+    log("data", f"Fashion-MNIST: {len(train):,} train, {len(test):,} test images")
+    timings["data"] = time.perf_counter() - start
 
-    photos = package_photos()
-    inputs = processor(images=list(photos.values()), return_tensors="pt")
-    with torch.inference_mode():
-        outputs = loaded(**inputs)
-    grid = inputs["pixel_values"].shape[-1] // loaded.config.patch_size
-    print(f"[3/4] features of {len(photos)} photos ({', '.join(photos)}): CLS {tuple(outputs.pooler_output.shape)}, "
-          f"patches {tuple(outputs.patch_tokens.shape)} on a {grid}x{grid} grid")
+    curated = curate(train, test, out / "curated", args)
+    timings["curate"] = time.perf_counter() - start - sum(timings.values())
 
-    feature_maps = outputs.patch_tokens.reshape(len(photos), grid, grid, -1).float()
-    picture = pca_picture(feature_maps)
-    figure_path = os.path.join(args.output_dir, "pca_features.png")
-    save_pca_figure(list(photos.values()), picture, figure_path,
-                    title=args.model or f"{args.preset} (random init): PCA of patch features")
-    print(f"[4/4] wrote {figure_path} ({picture.foreground.mean():.0%} of patches foreground); "
-          f"done in {time.perf_counter() - start:.1f} s")
-    return {"model_dir": model_dir, "figure": figure_path, "cls": outputs.pooler_output}
+    backbone_dir = pretrain(out / "curated" / "dataset", out / "pretrain", args)
+    timings["pretrain"] = time.perf_counter() - start - sum(timings.values())
+
+    trained = Dinov2Model.from_pretrained(backbone_dir).eval()
+    image_size = trained.config.image_size
+    torch.manual_seed(args.seed)
+    random_init = Dinov2Model(Dinov2Config.from_pretrained(backbone_dir)).eval()
+    results = {}
+    images = {"train": as_uint8_images(train), "test": as_uint8_images(test)}
+    labels = {"train": torch.tensor(train["label"]), "test": torch.tensor(test["label"])}
+    if images["train"].shape[-1] != image_size:
+        raise SystemExit(f"dinov2-demo: the model was trained at {image_size} px, the images are "
+                         f"{images['train'].shape[-1]} px.")
+    for name, model in (("DINOv2 (this run)", trained), ("same ViT, random init", random_init)):
+        train_features, test_features = (backbone_features(model, images[s], labels[s]) for s in ("train", "test"))
+        results[name] = evaluate(name, train_features, test_features, args.seed)
+        log("evaluate", f"{name}: k-NN@20 {100 * results[name]['knn'][20]:.1f}%, linear {100 * results[name]['linear']:.1f}%")
+    results["raw pixels"] = evaluate("raw pixels", pixel_features(train), pixel_features(test), args.seed)
+    timings["evaluate"] = time.perf_counter() - start - sum(timings.values())
+
+    model_dir = out / "model"
+    recipe = (f"`dinov2-pretrain --preset tiny` on {len(curated.dataset):,} curated images"
+              + (f", {args.max_steps} steps" if args.max_steps else "") + "; see `pretraining/presets.py`.")
+    write_model_folder(backbone_dir, model_dir, results, curated.report, recipe)
+    pca_figure(trained, test, image_size, model_dir / "pca_features.png")
+    plot_losses(loss_history(out / "pretrain"), model_dir / "loss_curve.png")
+    (model_dir / "demo_results.json").write_text(json.dumps({"results": results, "timings_s": timings}, indent=2))
+    timings["share"] = time.perf_counter() - start - sum(timings.values())
+    log("share", f"Hub-ready model folder: {model_dir} (model card, PCA picture, loss curve); "
+        f"push it with Dinov2Model.from_pretrained({str(model_dir)!r}).push_to_hub(...)")
+
+    print("\nFashion-MNIST test accuracy (%), frozen features:\n" + results_table(results))
+    print("time per step (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+          + f"; total {sum(timings.values()) / 60:.1f} min")
+    return {"results": results, "timings": timings, "model_dir": model_dir, "curated": curated}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,11 +43,36 @@ def test_pca_example_writes_a_png(tmp_path):
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    results = demo.run(demo.build_parser().parse_args(["--output-dir", str(tmp_path)]))
-    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "modeling_dinov2.py"} <= set(
-        os.listdir(results["model_dir"])
-    )
-    assert results["cls"].shape == (4, 384)  # four scikit-image photos, ViT-S width
-    assert os.path.getsize(results["figure"]) > 10_000
-    assert "[4/4]" in capsys.readouterr().out
+def test_fast_demo_features_equal_the_example_feature_extractor(fashion_mnist_dir):
+    from examples.data import load_fashion_mnist
+    from examples.features import eval_transform, extract_features
+    from modeling_dinov2 import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    model = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=28,
+                                     patch_size=4, layerscale_value=1.0)).eval()
+    dataset = load_fashion_mnist("test", limit=20)
+    reference = extract_features(model, dataset, eval_transform(28, resize_size=28), batch_size=8)
+    fast = demo.backbone_features(model, demo.as_uint8_images(dataset), torch.tensor(dataset["label"]), batch_size=8)
+    # the fast path runs under bf16 autocast, the reference in fp32: compare at bf16 resolution
+    torch.testing.assert_close(fast.cls, reference.cls, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(fast.patch_mean, reference.patch_mean, atol=0.05, rtol=0.05)
+    assert fast.labels.equal(reference.labels)
+
+
+def test_demo_runs_end_to_end_at_toy_size(fashion_mnist_dir, tmp_path, capsys):
+    out = demo.run(demo.build_parser().parse_args(
+        ["--output-dir", str(tmp_path), "--train-limit", "600", "--test-limit", "200", "--max-steps", "3"]))
+    report = out["curated"].report
+    assert len(out["curated"].dataset) < 600  # balanced sampling kept a fraction
+    model_dir = out["model_dir"]
+    card = (model_dir / "README.md").read_text()
+    assert "pipeline_tag: image-feature-extraction" in card and "Fashion-MNIST test k-NN top-1 (k=20)" in card
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "modeling_dinov2.py",
+                 "pca_features.png", "loss_curve.png", "demo_results.json"):
+        assert (model_dir / name).is_file(), name
+    results = out["results"]
+    assert set(results) == {"DINOv2 (this run)", "same ViT, random init", "raw pixels"}
+    assert results["raw pixels"]["knn"][20] > 0.6  # raw-pixel k-NN on 600 Fashion-MNIST images: ~0.7
+    printed = capsys.readouterr().out
+    assert "| raw pixels |" in printed and "[5/5 share]" in printed and report
