@@ -27,6 +27,26 @@ BLUR_PROBABILITIES = (1.0, 0.1, 0.5)
 ORIGINAL_BLUR_PROBABILITIES = (0.0, 0.9, 0.5)
 
 
+def resolve_blur_probabilities(
+    original_blur_bug: bool, blur_probabilities: tuple[float, float, float] | None = None
+) -> tuple[float, float, float]:
+    """The blur probabilities (global crop 1, global crop 2, local crops) to use, validated."""
+    if blur_probabilities is None:
+        return ORIGINAL_BLUR_PROBABILITIES if original_blur_bug else BLUR_PROBABILITIES
+    if len(blur_probabilities) != 3:
+        raise ValueError(f"`blur_probabilities` needs 3 values (global 1, global 2, local), got {blur_probabilities}.")
+    check_probabilities(blur=blur_probabilities)
+    return tuple(float(p) for p in blur_probabilities)
+
+
+def check_probabilities(**probabilities) -> None:
+    """Raise a ValueError naming the first value outside [0, 1]."""
+    for name, values in probabilities.items():
+        for value in values if isinstance(values, (tuple, list)) else [values]:
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"The {name} probability must be in [0, 1], got {value}.")
+
+
 class MultiCropAugmentation:
     """DINOv2 multi-crop augmentation with ``torchvision.transforms.v2``.
 
@@ -44,6 +64,11 @@ class MultiCropAugmentation:
         local_crops_scale: Area range of the local crops (0.05, 0.32).
         original_blur_bug: Use the blur probabilities the released DINOv2 models were trained with
             (0.0 / 0.9 / 0.5) instead of the nominal ones (1.0 / 0.1 / 0.5).
+        blur_probabilities: Explicit blur probabilities (global crop 1, global crop 2, local crops); overrides
+            ``original_blur_bug``. ``(0, 0, 0)`` turns blur off (e.g. for 28-px images, where sigma up to 2 px
+            erases most detail).
+        colour_jitter_probability: Probability of the colour jitter (0.8).
+        solarize_probability: Probability of solarizing global crop 2 (0.2).
         blur_kernel_size: Gaussian blur kernel size (9); odd, with ``blur_kernel_size // 2`` smaller
             than every crop side (reflect padding).
         mean: Normalisation mean.
@@ -61,6 +86,9 @@ class MultiCropAugmentation:
         blur_kernel_size: int = 9,
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
+        blur_probabilities: tuple[float, float, float] | None = None,
+        colour_jitter_probability: float = 0.8,
+        solarize_probability: float = 0.2,
     ):
         if global_crops_size < 1 or local_crops_size < 1:
             raise ValueError(
@@ -85,9 +113,9 @@ class MultiCropAugmentation:
         self.local_crops_size = local_crops_size
         self.n_local_crops = n_local_crops
         self.original_blur_bug = original_blur_bug
-        blur_global1, blur_global2, blur_local = (
-            ORIGINAL_BLUR_PROBABILITIES if original_blur_bug else BLUR_PROBABILITIES
-        )
+        self.blur_probabilities = resolve_blur_probabilities(original_blur_bug, blur_probabilities)
+        check_probabilities(colour_jitter=colour_jitter_probability, solarize=solarize_probability)
+        blur_global1, blur_global2, blur_local = self.blur_probabilities
 
         def crop_and_flip(size: int, scale: tuple[float, float]) -> list:
             return [
@@ -96,7 +124,8 @@ class MultiCropAugmentation:
             ]
 
         colour = [
-            v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
+            v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)],
+                           p=colour_jitter_probability),
             v2.RandomGrayscale(p=0.2),
         ]
 
@@ -108,7 +137,7 @@ class MultiCropAugmentation:
 
         global_geometry = crop_and_flip(global_crops_size, global_crops_scale)
         self.global_transform_1 = v2.Compose(global_geometry + colour + blur(blur_global1) + to_normalized_float)
-        solarize = [v2.RandomSolarize(threshold=128, p=0.2)]
+        solarize = [v2.RandomSolarize(threshold=128, p=solarize_probability)]
         self.global_transform_2 = v2.Compose(
             global_geometry + colour + blur(blur_global2) + solarize + to_normalized_float
         )
@@ -153,5 +182,5 @@ class MultiCropAugmentation:
         return (
             f"{type(self).__name__}(global_crops_size={self.global_crops_size}, "
             f"local_crops_size={self.local_crops_size}, n_local_crops={self.n_local_crops}, "
-            f"original_blur_bug={self.original_blur_bug})"
+            f"blur_probabilities={self.blur_probabilities})"
         )

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from .batched_augmentations import to_uint8_image
 from .masking import BlockMaskGenerator, sample_masks
 
 # Offset mixed into `torch.initial_seed()` so the default mask stream is not the same sequence as the
@@ -49,6 +50,13 @@ class MultiCropCollator:
     With ``generator`` or ``seed``, a ``transform`` that accepts a ``generator`` argument (like
     ``MultiCropAugmentation``) is driven by the same generator, so the whole batch is reproducible.
 
+    Batched augmentation (``batch_transform``, e.g.
+    :class:`pretraining.batched_augmentations.BatchedMultiCropAugmentation`): samples carry uint8 images
+    (``{"image": (C, H, W)}``, the output of ``MultiCropDataset(..., transform=to_uint8_image)``, or raw
+    items as above) and the crops of the whole batch are made in one call. Images of one size are
+    augmented together, mixed sizes one by one. Its randomness follows the masks' rules (samples with a
+    ``seed`` get a second generator seeded from the same seeds).
+
     Args:
         patch_size: Backbone patch size (14).
         global_crops_size: Global crop side, or ``(H, W)`` (224).
@@ -61,6 +69,7 @@ class MultiCropCollator:
         generator: Optional explicit ``torch.Generator`` for masking.
         seed: Optional seed for masking (ignored when ``generator`` is given).
         dtype: Optional dtype for the crops (DINOv2 casts to ``torch.half``); default keeps float32.
+        batch_transform: Optional batched multi-crop augmentation of uint8 image batches (see above).
     """
 
     def __init__(
@@ -76,6 +85,7 @@ class MultiCropCollator:
         generator: torch.Generator | None = None,
         seed: int | None = None,
         dtype: torch.dtype | None = None,
+        batch_transform: Callable | None = None,
     ):
         if isinstance(global_crops_size, int):
             global_crops_size = (global_crops_size, global_crops_size)
@@ -96,6 +106,7 @@ class MultiCropCollator:
         self.generator = generator
         self.seed = seed
         self.dtype = dtype
+        self.batch_transform = batch_transform
         self._transform_takes_generator = transform is not None and _accepts_generator(transform)
         self._own_generator: torch.Generator | None = None
         self._own_generator_key: Any = None
@@ -143,36 +154,70 @@ class MultiCropCollator:
             return self.transform(image, generator=generator)
         return self.transform(image)
 
-    def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
-        if len(samples) == 0:
-            raise ValueError("Expected a non-empty list of samples.")
-        explicit = self.generator is not None or self.seed is not None
-        sample_seeds = [s.get("seed") if isinstance(s, Mapping) else None for s in samples]
-        if not explicit and all(seed is not None for seed in sample_seeds):
-            # samples of MultiCropDataset carry their own seed: the masks depend only on the batch content,
-            # so a resumed run (or any number of workers) draws the same masks
-            generator = torch.Generator().manual_seed(int(np.random.SeedSequence(sample_seeds).generate_state(1)[0]))
-        else:
-            generator = self._masking_generator()
-        crops = [self._to_crops(sample, generator if explicit else None) for sample in samples]
-
+    @staticmethod
+    def _stack_crops(crops: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        """Per-sample crop dicts -> crop-major ``global_crops`` (2B, ...) and ``local_crops`` (L*B, ...)."""
         n_global = len(crops[0]["global_crops"])
         n_local = len(crops[0].get("local_crops", []))
         if n_global != 2:
             raise ValueError(f"Expected 2 global crops per sample, got {n_global}.")
         if any(len(c["global_crops"]) != n_global or len(c.get("local_crops", [])) != n_local for c in crops):
             raise ValueError("All samples must have the same numbers of global and local crops.")
-
         # crop-major: [crop 0 of samples 0..B-1, crop 1 of samples 0..B-1, ...]
-        global_crops = torch.stack([c["global_crops"][i] for i in range(n_global) for c in crops])  # (2B, 3, H, W)
+        batch = {"global_crops": torch.stack([c["global_crops"][i] for i in range(n_global) for c in crops])}
+        if n_local > 0:
+            batch["local_crops"] = torch.stack([c["local_crops"][i] for i in range(n_local) for c in crops])
+        return batch
+
+    def _image(self, sample: Any) -> torch.Tensor:
+        """The uint8 (C, H, W) image of a sample, for the batched augmentation."""
+        if isinstance(sample, Mapping):
+            if "global_crops" in sample:
+                raise ValueError("With `batch_transform`, samples must hold images, not crops; use "
+                                 "MultiCropDataset(..., transform=to_uint8_image).")
+            image = sample[self.image_key]
+        elif isinstance(sample, (tuple, list)):
+            image = sample[0]  # (image, label) from torchvision-style datasets
+        else:
+            image = sample
+        return to_uint8_image(image)["image"]
+
+    def _batched_crops(self, samples: Sequence[Any], generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        images = [self._image(sample) for sample in samples]
+        if len({tuple(image.shape[1:]) for image in images}) == 1:
+            if len({image.shape[0] for image in images}) > 1:  # grey and colour images of one size
+                images = [image.expand(3, -1, -1) for image in images]
+            return self.batch_transform(torch.stack(images), generator=generator)
+        # mixed sizes: one image at a time, then crop-major
+        outputs = [self.batch_transform(image.unsqueeze(0), generator=generator) for image in images]
+        return {key: torch.stack([o[key] for o in outputs], dim=1).flatten(0, 1) for key in outputs[0]}
+
+    def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
+        if len(samples) == 0:
+            raise ValueError("Expected a non-empty list of samples.")
+        explicit = self.generator is not None or self.seed is not None
+        sample_seeds = [s.get("seed") if isinstance(s, Mapping) else None for s in samples]
+        augmentation_generator = None
+        if not explicit and all(seed is not None for seed in sample_seeds):
+            # samples of MultiCropDataset carry their own seed: the masks depend only on the batch content,
+            # so a resumed run (or any number of workers) draws the same masks
+            generator = torch.Generator().manual_seed(int(np.random.SeedSequence(sample_seeds).generate_state(1)[0]))
+            if self.batch_transform is not None:  # its own stream, from the same seeds
+                state = np.random.SeedSequence(sample_seeds + [1]).generate_state(1)[0]
+                augmentation_generator = torch.Generator().manual_seed(int(state))
+        else:
+            generator = self._masking_generator()
+            augmentation_generator = generator
+
+        if self.batch_transform is not None:
+            batch: dict[str, Any] = dict(self._batched_crops(samples, augmentation_generator))
+        else:
+            batch = self._stack_crops([self._to_crops(sample, generator if explicit else None) for sample in samples])
+        global_crops = batch["global_crops"]
         if tuple(global_crops.shape[-2:]) != self.global_crops_size:
             raise ValueError(
                 f"Expected global crops of size {self.global_crops_size}, got {tuple(global_crops.shape[-2:])}."
             )
-        batch: dict[str, Any] = {"global_crops": global_crops}
-        if n_local > 0:
-            local_crops = [c["local_crops"][i] for i in range(n_local) for c in crops]
-            batch["local_crops"] = torch.stack(local_crops)  # (L * B, 3, h, w)
         if self.dtype is not None:
             batch = {key: value.to(self.dtype) for key, value in batch.items()}
 

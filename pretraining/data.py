@@ -203,7 +203,9 @@ class MultiCropDataset(Dataset):
 
     Args:
         data: a folder of images, a `datasets.Dataset` with an image column, or a source (see `as_source`).
-        transform: e.g. [`MultiCropAugmentation`]; called as `transform(image, generator=...)`.
+        transform: e.g. [`MultiCropAugmentation`]; called as `transform(image, generator=...)`. For the batched
+            augmentation in the collator, [`pretraining.batched_augmentations.to_uint8_image`] (samples hold
+            `image`, a uint8 tensor).
         image_column: image column of a `datasets.Dataset`.
         seed: base seed of the augmentations.
         min_image_size: smaller images are skipped (larger ones smaller than a crop are upscaled).

@@ -106,6 +106,11 @@ class Dinov2ForSelfDistillation(PreTrainedModel):
     # FSDP auto-wrap units (accelerate's TRANSFORMER_BASED_WRAP reads this list): every block, the embeddings
     # and each head. Student and teacher get identical units, so the EMA runs shard by shard.
     _no_split_modules = ["Dinov2Embeddings", "Dinov2Layer", "DINOHead"]
+    # the backbones' attention kernels; `set_attn_implementation("eager")` reaches student and teacher
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
 
     def __init__(self, config: Dinov2SelfDistillationConfig):
         super().__init__(config)

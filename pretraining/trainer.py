@@ -405,6 +405,15 @@ def recipe_from_trainer(trainer: Dinov2PretrainingTrainer) -> dict:
     return recipe
 
 
+def end_distributed() -> None:
+    """Wait for every rank, then destroy the process group (a no-op in one process). Call it once a
+    multi-process run is done: leaving the gloo group to interpreter shutdown can abort a rank with
+    "terminate called without an active exception" and fail an otherwise finished `torchrun` job."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def last_complete_checkpoint(output_dir: str) -> str | None:
     """Newest `checkpoint-N` folder in `output_dir` that has the pretraining state (written last)."""
     if not os.path.isdir(output_dir):

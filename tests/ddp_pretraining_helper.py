@@ -32,7 +32,7 @@ from pretraining.configuration_self_distillation import Dinov2SelfDistillationCo
 from pretraining.data import MultiCropDataset  # noqa: E402
 from pretraining.masking import sample_masks  # noqa: E402
 from pretraining.modeling_self_distillation import Dinov2ForSelfDistillation  # noqa: E402
-from pretraining.trainer import Dinov2PretrainingArguments, Dinov2PretrainingTrainer  # noqa: E402
+from pretraining.trainer import Dinov2PretrainingArguments, Dinov2PretrainingTrainer, end_distributed  # noqa: E402
 
 GLOBAL, LOCAL, PATCH = 16, 8, 4
 
@@ -146,6 +146,7 @@ def main() -> None:
         "global_step": trainer.state.global_step,
     }
     torch.save(result, os.path.join(options.output_dir, f"result_rank{rank}.pt"))
+    end_distributed()
 
 
 if __name__ == "__main__":
