@@ -91,7 +91,6 @@ def run_one(config_name: str, precision: str, mode: str, steps: int, warmup: int
 
     from pretraining import cli
     from pretraining.collate import MultiCropCollator
-    from pretraining.data import MultiCropDataset
     from pretraining.trainer import Dinov2PretrainingTrainer
 
     config = CONFIGS[config_name]
@@ -105,8 +104,7 @@ def run_one(config_name: str, precision: str, mode: str, steps: int, warmup: int
 
     if mode == "pipeline":
         images, data_name = _images(config_name, batch * (warmup + steps))
-        dataset, collator = cli.build_data(data_args, patch, training_args.seed)
-        dataset = MultiCropDataset(images, dataset.transform, seed=training_args.seed)
+        dataset, collator = cli.build_data(data_args, patch, training_args.seed, images=images)
     else:
         data_name = "pre-made random crops"
 

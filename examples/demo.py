@@ -159,7 +159,11 @@ def plot_losses(history: list[dict], path: Path) -> None:
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("loss")
     axis.set_title("DINOv2 self-distillation on curated Fashion-MNIST")
-    axis.legend()
+    if history:
+        axis.legend(loc="upper right")
+    else:  # a run shorter than one logging interval
+        axis.text(0.5, 0.5, "no losses logged (run shorter than --logging_steps)", ha="center",
+                  transform=axis.transAxes)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -229,11 +233,14 @@ def results_table(results: dict) -> str:
 def write_model_folder(backbone_dir: Path, model_dir: Path, results: dict, curation_report: dict, recipe: str) -> None:
     """The exported teacher backbone plus a model card with the measured numbers."""
     from modeling_dinov2 import Dinov2Config, write_model_card
+    from modeling_dinov2.model_card import write_preprocessor_config
 
     if model_dir.exists():
         shutil.rmtree(model_dir)
     shutil.copytree(backbone_dir, model_dir)
     config = Dinov2Config.from_pretrained(model_dir)
+    # AutoImageProcessor gives what was evaluated here: the images at their own 28 px, no crop margin
+    write_preprocessor_config(model_dir, overwrite=True, crop_size=config.image_size, resize_size=config.image_size)
     pretrained = results["DINOv2 (this run)"]
     metrics = {f"Fashion-MNIST test k-NN top-1 (k={k})": round(100 * v, 2) for k, v in pretrained["knn"].items()}
     metrics["Fashion-MNIST test linear-probe top-1"] = round(100 * pretrained["linear"], 2)

@@ -108,10 +108,7 @@ def image_processor_for(image_size: int, resize_size: int):
     """A `BitImageProcessor` equal to the eval transform used here, saved beside the fine-tuned model."""
     from modeling_dinov2 import make_image_processor
 
-    processor = make_image_processor()
-    processor.size = {"shortest_edge": resize_size}
-    processor.crop_size = {"height": image_size, "width": image_size}
-    return processor
+    return make_image_processor(crop_size=image_size, resize_size=resize_size)
 
 
 def with_pixel_values(dataset, transform):

@@ -22,7 +22,7 @@ from typing import Mapping
 import torch
 
 from .configuration_dinov2 import PRESETS, Dinov2Config, config_to_stock_dict
-from .model_card import write_preprocessor_config
+from .model_card import eval_crop_size, write_preprocessor_config
 from .modeling_dinov2 import Dinov2ForImageClassification, Dinov2Model
 
 logger = logging.getLogger("dinov2-convert")
@@ -186,7 +186,7 @@ def to_transformers(source: str, output_dir: str) -> list[str]:
     save_file(state, os.path.join(output_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(output_dir, "config.json"), "w") as f:
         json.dump(stock_config, f, indent=2, sort_keys=True)
-    write_preprocessor_config(output_dir)
+    write_preprocessor_config(output_dir, crop_size=eval_crop_size(config.image_size))
     for warning in warnings:
         logger.warning("WARNING: %s", warning)
     return warnings

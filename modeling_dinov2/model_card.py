@@ -15,16 +15,28 @@ EVAL_CROP = 224
 CARD_TAGS = ["dinov2", "vision", "self-supervised-learning", "image-feature-extraction", "modeling_dinov2"]
 
 
-def make_image_processor():
-    """A `BitImageProcessor` equal to DINOv2's evaluation transform."""
+def eval_crop_size(image_size: int) -> int:
+    """The evaluation crop of a model whose position table is `image_size` px: 224, as DINOv2 evaluates
+    (its released tables are 518 px), or the table's own size when smaller (a model trained on small images,
+    e.g. 28-px Fashion-MNIST, is evaluated at its training size, not interpolated up to 224)."""
+    return min(int(image_size), EVAL_CROP)
+
+
+def make_image_processor(crop_size: int = EVAL_CROP, resize_size: int | None = None):
+    """A `BitImageProcessor` equal to DINOv2's evaluation transform: shorter side to `resize_size` (bicubic;
+    default `round(crop_size * 256 / 224)`, i.e. 256 for 224), centre crop `crop_size`, ImageNet mean/std."""
     from transformers import BitImageProcessor
 
+    if resize_size is None:
+        resize_size = round(crop_size * EVAL_RESIZE / EVAL_CROP)
+    if resize_size < crop_size:
+        raise ValueError(f"resize_size {resize_size} is smaller than the crop {crop_size}.")
     return BitImageProcessor(
         do_resize=True,
-        size={"shortest_edge": EVAL_RESIZE},
+        size={"shortest_edge": resize_size},
         resample=3,  # PIL.Image.BICUBIC
         do_center_crop=True,
-        crop_size={"height": EVAL_CROP, "width": EVAL_CROP},
+        crop_size={"height": crop_size, "width": crop_size},
         do_rescale=True,
         rescale_factor=1 / 255,
         do_normalize=True,
@@ -34,10 +46,11 @@ def make_image_processor():
     )
 
 
-def write_preprocessor_config(directory: str | os.PathLike, overwrite: bool = False) -> None:
+def write_preprocessor_config(directory: str | os.PathLike, overwrite: bool = False, crop_size: int = EVAL_CROP,
+                              resize_size: int | None = None) -> None:
     """Write `preprocessor_config.json` (for `AutoImageProcessor`) unless one is already there."""
     if overwrite or not os.path.exists(os.path.join(directory, "preprocessor_config.json")):
-        make_image_processor().save_pretrained(directory)
+        make_image_processor(crop_size, resize_size).save_pretrained(directory)
 
 
 def _architecture_name(config) -> str:

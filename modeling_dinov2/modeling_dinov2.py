@@ -27,7 +27,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_dinov2 import Dinov2Config
-from .model_card import write_model_card, write_preprocessor_config
+from .model_card import eval_crop_size, write_model_card, write_preprocessor_config
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -477,7 +477,7 @@ class Dinov2PreTrainedModel(PreTrainedModel):
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **REMOTE_CODE_AUTO_MAP}
         result = super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
         if is_main_process:
-            write_preprocessor_config(save_directory)
+            write_preprocessor_config(save_directory, crop_size=eval_crop_size(self.config.image_size))
             write_model_card(save_directory, self.config, overwrite=False)
         return result
 

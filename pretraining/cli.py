@@ -52,8 +52,8 @@ EMA teacher), or distil a small student from a trained big one. Runs on one CPU 
 (`AutoModel.from_pretrained(<output_dir>/backbone, trust_remote_code=True)`) with a model card recording the recipe.
 
 Start with a preset; every option below overrides it:
-  tiny        4-block ViT, patch 4, 28/12-px crops: a CPU run in minutes (the default; without --train_dir or
-              --dataset_name it trains on 2048 Fashion-MNIST images from the Debian package)
+  tiny        4-block 128-wide ViT, patch 7, 28/14-px crops, 1000 steps: ~7 min on 2 CPU cores (the default;
+              without --train_dir or --dataset_name it trains on the Fashion-MNIST train split, Debian package)
   vit_small   ViT-S/14, ssl_default_config.yaml: 2x224 + 8x98 crops, 65536 prototypes, 125k steps
   vit_base    ViT-B/14, same recipe
   vit_large   ViT-L/14, vitl14.yaml: SwiGLU, separate iBOT head, Sinkhorn-Knopp, 625k steps
@@ -329,11 +329,13 @@ def build_augmentation(data_args: DataArguments, patch_size: int) -> MultiCropAu
     )
 
 
-def build_data(data_args: DataArguments, patch_size: int, seed: int) -> tuple[MultiCropDataset, MultiCropCollator]:
-    """The dataset and collator: per-image crops in the dataset, or uint8 images cropped batch-wise in the collator."""
+def build_data(data_args: DataArguments, patch_size: int, seed: int, images=None) -> tuple[MultiCropDataset, MultiCropCollator]:
+    """The dataset and collator: per-image crops in the dataset, or uint8 images cropped batch-wise in the
+    collator. `images` (a folder or `datasets.Dataset`) replaces the ones --train_dir / --dataset_name name."""
     augmentation = build_augmentation(data_args, patch_size)
     batched = isinstance(augmentation, BatchedMultiCropAugmentation)
-    dataset = MultiCropDataset(load_images(data_args), to_uint8_image if batched else augmentation,
+    images = load_images(data_args) if images is None else images
+    dataset = MultiCropDataset(images, to_uint8_image if batched else augmentation,
                                image_column=data_args.image_column, seed=seed, min_image_size=data_args.min_image_size)
     collator = MultiCropCollator(
         patch_size=patch_size,

@@ -82,7 +82,7 @@ PRESETS: dict[str, dict] = {
             momentum_teacher=0.9, final_momentum_teacher=0.99, warmup_teacher_temp=0.02, teacher_temp=0.02,
             warmup_teacher_temp_epochs=0, layerwise_decay=1.0, patch_embed_lr_mult=1.0, freeze_last_layer_epochs=0,
             min_lr=1e-6, bf16=True, dataloader_num_workers=1, dataloader_persistent_workers=True,
-            save_steps=250, save_total_limit=2, logging_steps=50,
+            dataloader_pin_memory=False, save_steps=250, save_total_limit=2, logging_steps=50,
         ),
     ),
 }

@@ -4,6 +4,7 @@ import json
 import textwrap
 
 import numpy as np
+import pytest
 import torch
 import transformers
 from PIL import Image
@@ -77,7 +78,7 @@ def test_trust_remote_code_in_a_process_that_never_imported_the_package(tmp_path
 def test_image_processor_equals_the_dinov2_eval_transform(tmp_path):
     from torchvision.transforms import v2
 
-    Dinov2Model(Dinov2Config(**tiny_config_kwargs())).save_pretrained(tmp_path)
+    Dinov2Model(Dinov2Config(**tiny_config_kwargs(image_size=518))).save_pretrained(tmp_path)  # as the released
     processor = transformers.AutoImageProcessor.from_pretrained(tmp_path)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
     got = processor(images=image, return_tensors="pt")["pixel_values"]
@@ -88,6 +89,16 @@ def test_image_processor_equals_the_dinov2_eval_transform(tmp_path):
     ])(image)
     # PIL and torchvision resize kernels differ by a few grey levels at most
     assert (got[0] - reference).abs().mean() < 0.02
+
+
+@pytest.mark.parametrize("image_size, resize, crop", [(518, 256, 224), (224, 256, 224), (28, 32, 28), (112, 128, 112)])
+def test_models_trained_on_small_images_get_a_processor_at_their_own_size(tmp_path, image_size, resize, crop):
+    # interpolating a 28-px model's positions up to 224 px would evaluate it far from how it was trained
+    Dinov2Model(Dinov2Config(**tiny_config_kwargs(image_size=image_size))).save_pretrained(tmp_path)
+    processor = transformers.AutoImageProcessor.from_pretrained(tmp_path)
+    assert processor.size == {"shortest_edge": resize} and processor.crop_size == {"height": crop, "width": crop}
+    image = Image.fromarray(np.zeros((40, 50, 3), dtype=np.uint8))
+    assert processor(images=image, return_tensors="pt")["pixel_values"].shape == (1, 3, crop, crop)
 
 
 def test_push_to_hub_and_from_pretrained_round_trip(hub_server, tmp_path):
@@ -115,7 +126,7 @@ def test_push_to_hub_and_from_pretrained_round_trip(hub_server, tmp_path):
             got = model(torch.load({str(tmp_path / "x.pt")!r})).pooler_output
         torch.testing.assert_close(got, torch.load({str(tmp_path / "expected.pt")!r}))
         processor = transformers.AutoImageProcessor.from_pretrained("tester/tiny-dinov2")
-        assert processor.size == {{"shortest_edge": 256}} and processor.resample == 3, processor
+        assert processor.size == {{"shortest_edge": 32}} and processor.resample == 3, processor  # a 28-px model
         card = huggingface_hub.ModelCard.load("tester/tiny-dinov2")
         assert card.data.library_name == "transformers", card.data
         assert card.data.pipeline_tag == "image-feature-extraction", card.data

@@ -4,8 +4,12 @@ import os
 
 import numpy as np
 import torch
+import transformers
 
 from examples import demo, pca_features
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
 
 
 def planted_feature_maps() -> torch.Tensor:
@@ -72,6 +76,15 @@ def test_demo_runs_end_to_end_at_toy_size(fashion_mnist_dir, tmp_path, capsys):
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "modeling_dinov2.py",
                  "pca_features.png", "loss_curve.png", "demo_results.json"):
         assert (model_dir / name).is_file(), name
+    # AutoImageProcessor reproduces the evaluation input: the 28-px images as they are
+    processor = transformers.AutoImageProcessor.from_pretrained(model_dir)
+    from examples.data import load_fashion_mnist
+
+    image = load_fashion_mnist("test", limit=1)[0]["image"]
+    pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (1, 3, 28, 28)
+    expected = (torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1).float() / 255 - MEAN) / STD
+    torch.testing.assert_close(pixel_values[0], expected, atol=1e-5, rtol=1e-5)
     results = out["results"]
     assert set(results) == {"DINOv2 (this run)", "same ViT, random init", "raw pixels"}
     assert results["raw pixels"]["knn"][20] > 0.6  # raw-pixel k-NN on 600 Fashion-MNIST images: ~0.7
