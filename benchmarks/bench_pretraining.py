@@ -161,7 +161,7 @@ def augmentation_speed(config_name: str, threads: int, images: int = 256) -> dic
     if config_name == "tiny":
         data_args.batched_augmentation = True
         batched: BatchedMultiCropAugmentation = cli.build_augmentation(data_args, model_args.patch_size)
-        batch = torch.stack([torch.from_numpy(__import__("numpy").asarray(p)).permute(2, 0, 1) for p in pictures])
+        batch = torch.stack([torch.from_numpy(__import__("numpy").array(p)).permute(2, 0, 1) for p in pictures])
         batched(batch[:training_args.per_device_train_batch_size])  # warm-up
         start = time.perf_counter()
         for chunk in batch.split(training_args.per_device_train_batch_size):

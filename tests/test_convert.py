@@ -164,7 +164,7 @@ def test_to_transformers_loads_in_stock_transformers_with_the_same_outputs(tmp_p
     stock = transformers.AutoModel.from_pretrained(tmp_path / "stock").eval()
     assert type(stock).__module__.startswith("transformers.models.")
     processor = transformers.AutoImageProcessor.from_pretrained(tmp_path / "stock")
-    assert processor.crop_size == {"height": 224, "width": 224}
+    assert processor.crop_size == {"height": 28, "width": 28}  # a 28-px position table: evaluated at 28 px
     for size in ((28, 28), (42, 70)):
         pixel_values = torch.randn(2, 3, *size)
         with torch.no_grad():

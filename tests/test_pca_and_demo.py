@@ -83,7 +83,7 @@ def test_demo_runs_end_to_end_at_toy_size(fashion_mnist_dir, tmp_path, capsys):
     image = load_fashion_mnist("test", limit=1)[0]["image"]
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]
     assert pixel_values.shape == (1, 3, 28, 28)
-    expected = (torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1).float() / 255 - MEAN) / STD
+    expected = (torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 255 - MEAN) / STD
     torch.testing.assert_close(pixel_values[0], expected, atol=1e-5, rtol=1e-5)
     results = out["results"]
     assert set(results) == {"DINOv2 (this run)", "same ViT, random init", "raw pixels"}
