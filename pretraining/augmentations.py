@@ -47,6 +47,28 @@ def check_probabilities(**probabilities) -> None:
                 raise ValueError(f"The {name} probability must be in [0, 1], got {value}.")
 
 
+def check_crop_settings(
+    global_crops_size: int, local_crops_size: int, n_local_crops: int, global_crops_scale: tuple[float, float],
+    local_crops_scale: tuple[float, float], blur_kernel_size: int,
+) -> None:
+    """Raise a ValueError naming the first invalid multi-crop setting."""
+    if global_crops_size < 1 or local_crops_size < 1:
+        raise ValueError(f"Crop sizes must be >= 1, got global {global_crops_size} and local {local_crops_size}.")
+    if n_local_crops < 0:
+        raise ValueError(f"`n_local_crops` must be >= 0, got {n_local_crops}.")
+    for name, (low, high) in {"global_crops_scale": global_crops_scale, "local_crops_scale": local_crops_scale}.items():
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"`{name}` must satisfy 0 < min <= max <= 1, got {(low, high)}.")
+    if blur_kernel_size < 1 or blur_kernel_size % 2 == 0:
+        raise ValueError(f"`blur_kernel_size` must be a positive odd int, got {blur_kernel_size}.")
+    smallest = min(global_crops_size, local_crops_size) if n_local_crops > 0 else global_crops_size
+    if blur_kernel_size // 2 >= smallest:  # reflect padding needs pad < side
+        raise ValueError(
+            f"`blur_kernel_size // 2` must be smaller than the smallest crop side ({smallest}), "
+            f"got blur_kernel_size={blur_kernel_size}."
+        )
+
+
 class MultiCropAugmentation:
     """DINOv2 multi-crop augmentation with ``torchvision.transforms.v2``.
 
@@ -90,24 +112,8 @@ class MultiCropAugmentation:
         colour_jitter_probability: float = 0.8,
         solarize_probability: float = 0.2,
     ):
-        if global_crops_size < 1 or local_crops_size < 1:
-            raise ValueError(
-                f"Crop sizes must be >= 1, got global {global_crops_size} and local {local_crops_size}."
-            )
-        if n_local_crops < 0:
-            raise ValueError(f"`n_local_crops` must be >= 0, got {n_local_crops}.")
-        scales = {"global_crops_scale": global_crops_scale, "local_crops_scale": local_crops_scale}
-        for name, (low, high) in scales.items():
-            if not 0.0 < low <= high <= 1.0:
-                raise ValueError(f"`{name}` must satisfy 0 < min <= max <= 1, got {(low, high)}.")
-        if blur_kernel_size < 1 or blur_kernel_size % 2 == 0:
-            raise ValueError(f"`blur_kernel_size` must be a positive odd int, got {blur_kernel_size}.")
-        smallest = min(global_crops_size, local_crops_size) if n_local_crops > 0 else global_crops_size
-        if blur_kernel_size // 2 >= smallest:  # reflect padding needs pad < side
-            raise ValueError(
-                f"`blur_kernel_size // 2` must be smaller than the smallest crop side ({smallest}), "
-                f"got blur_kernel_size={blur_kernel_size}."
-            )
+        check_crop_settings(global_crops_size, local_crops_size, n_local_crops, global_crops_scale, local_crops_scale,
+                            blur_kernel_size)
 
         self.global_crops_size = global_crops_size
         self.local_crops_size = local_crops_size

@@ -36,7 +36,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.ops import roi_align
 
-from .augmentations import IMAGENET_MEAN, IMAGENET_STD, check_probabilities, resolve_blur_probabilities
+from .augmentations import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    check_crop_settings,
+    check_probabilities,
+    resolve_blur_probabilities,
+)
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0.4, 0.4, 0.2, 0.1
@@ -233,21 +239,8 @@ class BatchedMultiCropAugmentation:
         colour_jitter_probability: float = COLOUR_JITTER_PROBABILITY,
         solarize_probability: float = SOLARIZE_PROBABILITY,
     ):
-        if global_crops_size < 1 or local_crops_size < 1:
-            raise ValueError(f"Crop sizes must be >= 1, got global {global_crops_size} and local {local_crops_size}.")
-        if n_local_crops < 0:
-            raise ValueError(f"`n_local_crops` must be >= 0, got {n_local_crops}.")
-        for name, (low, high) in {"global_crops_scale": global_crops_scale, "local_crops_scale": local_crops_scale}.items():
-            if not 0.0 < low <= high <= 1.0:
-                raise ValueError(f"`{name}` must satisfy 0 < min <= max <= 1, got {(low, high)}.")
-        if blur_kernel_size < 1 or blur_kernel_size % 2 == 0:
-            raise ValueError(f"`blur_kernel_size` must be a positive odd int, got {blur_kernel_size}.")
-        smallest = min(global_crops_size, local_crops_size) if n_local_crops > 0 else global_crops_size
-        if blur_kernel_size // 2 >= smallest:
-            raise ValueError(
-                f"`blur_kernel_size // 2` must be smaller than the smallest crop side ({smallest}), "
-                f"got blur_kernel_size={blur_kernel_size}."
-            )
+        check_crop_settings(global_crops_size, local_crops_size, n_local_crops, global_crops_scale, local_crops_scale,
+                            blur_kernel_size)
         self.global_crops_size = global_crops_size
         self.local_crops_size = local_crops_size
         self.n_local_crops = n_local_crops
