@@ -217,13 +217,11 @@ def _write_json(out: Path, payload: dict) -> None:
     print(json.dumps(payload, indent=2, default=str))
 
 
-def _index_kwargs(args: IndexArguments) -> dict:
-    kwargs = {"device": args.faiss_device, "index_type": args.index_type}
-    if args.nprobe is not None:
-        kwargs["nprobe"] = args.nprobe
-    if args.nlist is not None:
-        kwargs["nlist"] = args.nlist
-    return kwargs
+def _index_config(args: IndexArguments):
+    """The `IndexConfig` (see `curation.config`) of a single-step command's index options."""
+    from .config import IndexConfig
+
+    return IndexConfig(index_type=args.index_type, nlist=args.nlist, nprobe=args.nprobe, device=args.faiss_device)
 
 
 def _log_dataset(rows, reasons, matched_rows, sims, matched_set: str):
@@ -271,8 +269,8 @@ def cmd_dedup(args: DedupArguments) -> None:
     from .embed import load_embeddings
 
     emb = load_embeddings(args.embeddings)
-    kw = _index_kwargs(args)
-    res = deduplicate(emb.embeddings, args.threshold, args.k, index_type=kw.pop("index_type"), **kw)
+    index = _index_config(args)
+    res = deduplicate(emb.embeddings, args.threshold, args.k, index_type=index.index_type, **index.search_kwargs())
     out = _out(args.output_dir)
     np.save(out / "kept.npy", emb.rows[res.kept])
     np.save(out / "components.npy", res.labels)
@@ -294,9 +292,9 @@ def cmd_decontaminate(args: DecontaminateArguments) -> None:
     owner = np.concatenate([np.full(e.rows.size, i) for i, e in enumerate(evals)])
     eval_rows = np.concatenate([e.rows for e in evals])
     eval_x = ArraySource(np.concatenate([e.embeddings.to_numpy() for e in evals]))
-    kw = _index_kwargs(args)
+    index = _index_config(args)
     res = decontaminate(emb.embeddings, eval_x, args.threshold, args.k, whole_components=not args.only_direct_matches,
-                        index_type=kw.pop("index_type"), **kw)
+                        index_type=index.index_type, **index.search_kwargs())
     out = _out(args.output_dir)
     np.save(out / "kept.npy", emb.rows[res.kept])
     r = res.removed
@@ -316,9 +314,9 @@ def cmd_retrieve(args: RetrieveArguments) -> None:
     emb, seeds = load_embeddings(args.embeddings), load_embeddings(args.seed_embeddings)
     out = _out(args.output_dir)
     if args.mode == "sample":
-        kw = _index_kwargs(args)
+        index = _index_config(args)
         res = sample_based_retrieval(emb.embeddings, seeds.embeddings, args.n_neighbors,
-                                     index_type=kw.pop("index_type"), **kw)
+                                     index_type=index.index_type, **index.search_kwargs())
         np.save(out / "retrieved.npy", emb.rows[res.indices])
         np.save(out / "neighbors.npy", np.where(res.neighbors >= 0, emb.rows[np.maximum(res.neighbors, 0)], -1))
         np.save(out / "similarities.npy", res.similarities)

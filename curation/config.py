@@ -90,6 +90,15 @@ class IndexConfig:
     flat_max_size: int = _opt(50_000, "largest set searched exactly by index_type auto")
     device: str = _opt("auto", "faiss device: auto (a GPU when faiss sees one), cpu or cuda:N")
 
+    def search_kwargs(self) -> dict:
+        """Keyword arguments for `build_index` and the searches built on it (all but `index_type`)."""
+        kwargs = {"flat_max_size": self.flat_max_size, "device": self.device}
+        if self.nlist is not None:
+            kwargs["nlist"] = self.nlist
+        if self.nprobe is not None:
+            kwargs["nprobe"] = self.nprobe
+        return kwargs
+
 
 @dataclass
 class RetrievalConfig:

@@ -152,16 +152,6 @@ def _aligned(result: EmbeddingResult, rows: np.ndarray) -> EmbeddingSource:
     return result.embeddings if np.array_equal(pos, np.arange(result.rows.size)) else SubsetSource(result.embeddings, pos)
 
 
-def _index_kwargs(cfg: CurationConfig) -> dict:
-    ix = cfg.index
-    kwargs = {"flat_max_size": ix.flat_max_size, "device": ix.device}
-    if ix.nlist is not None:
-        kwargs["nlist"] = ix.nlist
-    if ix.nprobe is not None:
-        kwargs["nprobe"] = ix.nprobe
-    return kwargs
-
-
 def curate(
     pool: Any = None,
     seeds: Any = None,
@@ -239,7 +229,7 @@ def curate(
         logger.warning("ignored %d non-image files (listed in the report)", sum(map(len, ignored.values())))
 
     # ------------------------------------------------------------------ dedup + decontamination
-    index_kwargs = _index_kwargs(cfg)
+    index_kwargs = cfg.index.search_kwargs()
     dedup_cfg, decon_cfg = cfg.dedup, cfg.decontamination
     run_decon = decon_cfg.enabled and bool(eval_sets_)
     component = np.full(n_pool, -1, dtype=np.int64)
