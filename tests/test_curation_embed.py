@@ -167,7 +167,8 @@ def test_embedding_killed_by_sigkill_resumes_where_it_stopped(tmp_path, capsys):
     assert proc.returncode == -signal.SIGKILL
 
     done = sorted(shard_dir.glob("shard-*.arrow"))
-    assert 1 <= len(done) < n_shards, f"{len(done)} of {n_shards} shards at the kill"
+    # killed mid-run: at least two shards still to do (the rerun below must write them; two are used below)
+    assert len(done) <= n_shards - 2, f"{len(done)} of {n_shards} shards at the kill"
     with pytest.raises(ValueError, match="incomplete"):
         load_embeddings(part)
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in done}
