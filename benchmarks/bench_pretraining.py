@@ -48,6 +48,8 @@ def _parse(config: dict, precision: str, steps: int, warmup: int, workers: int |
         argv += ["--per_device_train_batch_size", str(config["batch"])]
     if workers is not None:
         argv += ["--dataloader_num_workers", str(workers)]
+        if workers == 0:  # persistent workers need workers
+            argv += ["--dataloader_persistent_workers", "false"]
     export_args, model_args, data_args, training_args = cli.parse_args(argv)
     data_args.train_dir = None  # the data is chosen per mode below
     return model_args, data_args, training_args

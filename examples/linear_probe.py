@@ -98,6 +98,11 @@ def train_linear_classifiers(
 
     Original recipe: weights N(0, 0.01), bias 0; SGD momentum 0.9, weight decay 0; lr * batch_size / 256;
     cosine schedule from lr to 0 over all steps; cross-entropy.
+
+    The L classifiers are one (L, C, D) weight trained by one SGD: classifier l's loss is scaled by its base
+    lr, so its momentum buffer is lr_l times its own, and the shared step size s(t) * batch_size / 256
+    gives it exactly its update -s(t) * lr_l * batch_size / 256 * v_l (no weight decay, so nothing else
+    depends on the lr). One GEMM per mini-batch instead of L.
     """
     if features.ndim != 2 or features.shape[0] != labels.shape[0]:
         raise ValueError(f"features must be (N, D) with N = len(labels), got {tuple(features.shape)}, {len(labels)}.")
@@ -106,32 +111,38 @@ def train_linear_classifiers(
     init_generator = torch.Generator().manual_seed(seed)
     # its own stream, so the mini-batch order does not depend on how many classifiers were initialised
     order_generator = torch.Generator().manual_seed(seed + 1)
-    classifiers = []
-    for _ in lrs:
-        linear = nn.Linear(features.shape[1], num_classes)
-        with torch.no_grad():
-            linear.weight.normal_(0.0, 0.01, generator=init_generator)
-            linear.bias.zero_()
-        classifiers.append(linear)
-    optimizer = torch.optim.SGD(
-        [{"params": c.parameters(), "lr": lr * batch_size / 256} for c, lr in zip(classifiers, lrs)],
-        momentum=0.9, weight_decay=0.0,
-    )
+    num_classifiers, dim = len(lrs), features.shape[1]
+    weight = torch.empty(num_classifiers, num_classes, dim)
+    for l in range(num_classifiers):  # classifier by classifier: the same init as L separate nn.Linear
+        weight[l].normal_(0.0, 0.01, generator=init_generator)
+    weight = nn.Parameter(weight.view(num_classifiers * num_classes, dim))
+    bias = nn.Parameter(torch.zeros(num_classifiers * num_classes))
+    loss_scale = torch.tensor(lrs, dtype=torch.float32)  # (L,)
+    optimizer = torch.optim.SGD([weight, bias], lr=batch_size / 256, momentum=0.9, weight_decay=0.0)
     steps_per_epoch = math.ceil(features.shape[0] / batch_size)
     total_steps = epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps)))
     labels = labels.long()
-    for _ in tqdm(range(epochs), desc=f"linear probe ({len(lrs)} lrs)", unit="epoch", leave=False):
+    for _ in tqdm(range(epochs), desc=f"linear probe ({num_classifiers} lrs)", unit="epoch", leave=False):
         order = torch.randperm(features.shape[0], generator=order_generator)
         for start in range(0, features.shape[0], batch_size):
             index = order[start : start + batch_size]
             x, y = features[index], labels[index]
-            # classifiers are independent, so the summed loss gives each one its own gradient
-            loss = sum(F.cross_entropy(c(x), y) for c in classifiers)
+            # logits (B, L*C) as (B, L, C): classifier l on sample b; loss = sum_l lr_l * mean_b CE
+            logits = torch.addmm(bias, x, weight.t()).view(len(x), num_classifiers, num_classes)
+            per_sample = F.cross_entropy(logits.transpose(1, 2), y[:, None].expand(-1, num_classifiers), reduction="none")
+            loss = (per_sample.mean(0) * loss_scale).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
+    classifiers = []
+    for l in range(num_classifiers):
+        linear = nn.Linear(dim, num_classes)
+        with torch.no_grad():
+            linear.weight.copy_(weight[l * num_classes : (l + 1) * num_classes])
+            linear.bias.copy_(bias[l * num_classes : (l + 1) * num_classes])
+        classifiers.append(linear)
     return classifiers
 
 
