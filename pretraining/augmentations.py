@@ -25,6 +25,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # (DINOv2 PR #411, DINOv3 issue #286).
 BLUR_PROBABILITIES = (1.0, 0.1, 0.5)
 ORIGINAL_BLUR_PROBABILITIES = (0.0, 0.9, 0.5)
+COLOUR_JITTER_PROBABILITY = 0.8
+SOLARIZE_PROBABILITY = 0.2  # of global crop 2
 
 
 def resolve_blur_probabilities(
@@ -109,8 +111,8 @@ class MultiCropAugmentation:
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         blur_probabilities: tuple[float, float, float] | None = None,
-        colour_jitter_probability: float = 0.8,
-        solarize_probability: float = 0.2,
+        colour_jitter_probability: float = COLOUR_JITTER_PROBABILITY,
+        solarize_probability: float = SOLARIZE_PROBABILITY,
     ):
         check_crop_settings(global_crops_size, local_crops_size, n_local_crops, global_crops_scale, local_crops_scale,
                             blur_kernel_size)

@@ -37,8 +37,10 @@ from PIL import Image
 from torchvision.ops import roi_align
 
 from .augmentations import (
+    COLOUR_JITTER_PROBABILITY,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    SOLARIZE_PROBABILITY,
     check_crop_settings,
     check_probabilities,
     resolve_blur_probabilities,
@@ -46,9 +48,7 @@ from .augmentations import (
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0.4, 0.4, 0.2, 0.1
-COLOUR_JITTER_PROBABILITY = 0.8
 GRAYSCALE_PROBABILITY = 0.2
-SOLARIZE_PROBABILITY = 0.2
 FLIP_PROBABILITY = 0.5
 BLUR_SIGMA = (0.1, 2.0)
 CROP_RATIO = (3 / 4, 4 / 3)
