@@ -17,7 +17,8 @@ of imported libraries, reported separately). Modes:
 The augmentation alone is also timed in the parent (one process): the per-image torchvision
 `MultiCropAugmentation` and, for small images, the `BatchedMultiCropAugmentation` the tiny preset uses.
 
-- tiny: the `tiny` preset (its crops, batch and DataLoader settings).
+- tiny: the `tiny` preset (its crops, batch and DataLoader settings); tiny_ffn4: the same with the x4 FFN it
+  had before (the preset's FFN ratio is 2).
 - vits14: the `vit_small` preset (ViT-S/14, 65536 prototypes, drop path 0.3): 2 x 224 + 8 x 98 crops, batch 8.
 """
 
@@ -34,6 +35,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
     "tiny": dict(preset="tiny", batch=None, label="tiny preset"),
+    "tiny_ffn4": dict(preset="tiny", batch=None, label="tiny preset with the x4 FFN of before", args=["--mlp_ratio", "4"]),
     "vits14": dict(preset="vit_small", batch=8, label="ViT-S/14 (2x224 + 8x98 px)"),
 }
 
@@ -46,6 +48,7 @@ def _parse(config: dict, precision: str, steps: int, warmup: int, workers: int |
             "--bf16", str(precision == "bf16").lower(), "--warmup_steps", "1", "--train_dir", REPO]
     if config["batch"]:
         argv += ["--per_device_train_batch_size", str(config["batch"])]
+    argv += config.get("args", [])
     if workers is not None:
         argv += ["--dataloader_num_workers", str(workers)]
         if workers == 0:  # persistent workers need workers
@@ -61,7 +64,7 @@ def _images(config_name: str, count: int):
     import numpy as np
     from PIL import Image
 
-    if config_name == "tiny":
+    if CONFIGS[config_name]["preset"] == "tiny":
         from pretraining.data import FASHION_MNIST_DIR, load_fashion_mnist
 
         if FASHION_MNIST_DIR.exists():
@@ -152,7 +155,8 @@ def augmentation_speed(config_name: str, threads: int, images: int = 256) -> dic
 
     torch.set_num_threads(threads)
     model_args, data_args, training_args = _parse(CONFIGS[config_name], "fp32", 1, 1, None)
-    dataset_images, _ = _images(config_name, images if config_name == "tiny" else 8)
+    small = CONFIGS[config_name]["preset"] == "tiny"
+    dataset_images, _ = _images(config_name, images if small else 8)
     pictures = [row["image"].convert("RGB") for row in dataset_images]
     data_args.batched_augmentation = False
     per_image = cli.build_augmentation(data_args, model_args.patch_size)
@@ -160,7 +164,7 @@ def augmentation_speed(config_name: str, threads: int, images: int = 256) -> dic
     for picture in pictures:
         per_image(picture)
     result = {"per-image (torchvision v2)": len(pictures) / (time.perf_counter() - start)}
-    if config_name == "tiny":
+    if small:
         data_args.batched_augmentation = True
         batched: BatchedMultiCropAugmentation = cli.build_augmentation(data_args, model_args.patch_size)
         batch = torch.stack([torch.from_numpy(__import__("numpy").array(p)).permute(2, 0, 1) for p in pictures])
@@ -200,7 +204,7 @@ def main() -> None:
     start_load = os.getloadavg()[0]
     results = []
     for name in args.configs:
-        steps = args.steps or (20 if name == "tiny" else 3)
+        steps = args.steps or (20 if CONFIGS[name]["preset"] == "tiny" else 3)
         for precision in args.precisions:
             for mode in args.modes:
                 print(f"running {name} {precision} {mode} ({steps} timed steps)...", file=sys.stderr, flush=True)

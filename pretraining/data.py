@@ -210,6 +210,10 @@ class MultiCropDataset(Dataset):
         seed: base seed of the augmentations.
         min_image_size: smaller images are skipped (larger ones smaller than a crop are upscaled).
         max_consecutive_bad: give up with an error after this many unreadable items in a row.
+        cache_images: keep every image in memory once decoded, so each is read and decoded once per run
+            instead of once per epoch (for data sets that fit in RAM, such as Fashion-MNIST; each DataLoader
+            worker keeps its own cache). Unreadable items are not cached: they are skipped and reported on
+            every read, as without the cache.
     """
 
     def __init__(
@@ -220,6 +224,7 @@ class MultiCropDataset(Dataset):
         seed: int = 0,
         min_image_size: int = DEFAULT_MIN_IMAGE_SIZE,
         max_consecutive_bad: int = 100,
+        cache_images: bool = False,
     ):
         self.source = as_source(data, image_column)
         if len(self.source) == 0:
@@ -228,6 +233,7 @@ class MultiCropDataset(Dataset):
         self.seed = seed
         self.min_image_size = min_image_size
         self.max_consecutive_bad = max_consecutive_bad
+        self._decoded: dict[int, Image.Image] | None = {} if cache_images else None
         # shared memory: DataLoader workers (also persistent ones) see the epoch set in the main process
         self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
 
@@ -250,11 +256,10 @@ class MultiCropDataset(Dataset):
         skipped = []
         for offset in range(min(self.max_consecutive_bad, len(self.source))):
             position = (int(index) + offset) % len(self.source)
-            raw, name = self.source[position]
             try:
-                image = decode_image(raw, self.min_image_size)
+                image = self._image(position)
             except BadImageError as error:
-                skipped.append((position, name, str(error)))
+                skipped.append((position, self.source[position][1], str(error)))
                 continue
             sample = dict(self.transform(image, generator=torch.Generator().manual_seed(seed)))
             sample.update(seed=seed, skipped=skipped)
@@ -263,6 +268,15 @@ class MultiCropDataset(Dataset):
         raise RuntimeError(
             f"{len(skipped)} consecutive unreadable items starting at index {index}; is this an image dataset?\n{details}"
         )
+
+    def _image(self, position: int) -> Image.Image:
+        """The decoded image at `position` (from the cache when there is one); raises `BadImageError`."""
+        if self._decoded is not None and position in self._decoded:
+            return self._decoded[position]
+        image = decode_image(self.source[position][0], self.min_image_size)
+        if self._decoded is not None:
+            self._decoded[position] = image
+        return image
 
 
 class EpochRandomSampler(Sampler[int]):

@@ -75,6 +75,8 @@ def test_presets_carry_the_original_hyperparameters():
     # the command line wins over the preset
     _, _, _, training = cli.parse_args(["--preset", "vit_small", "--learning_rate", "1e-3", "--train_dir", "x"])
     assert training.learning_rate == 1e-3
+    _, model, data, _ = cli.parse_args(["--preset", "vit_small", "--mlp_ratio", "2", "--train_dir", "x"])
+    assert cli.build_model(model, data).student.backbone.encoder.layer[0].mlp.fc1.out_features == 2 * 384
 
 
 def test_attn_implementation_reaches_student_and_teacher_and_keeps_the_loss():

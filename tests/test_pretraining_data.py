@@ -145,6 +145,39 @@ def test_samples_depend_only_on_seed_epoch_and_index():
     assert torch.equal(m1, m2)
 
 
+class CountingSource:
+    """An image source that counts how often each item is read."""
+
+    def __init__(self, items):
+        self.items, self.reads = items, [0] * len(items)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        self.reads[index] += 1
+        return self.items[index], f"item {index}"
+
+
+def test_cached_images_are_read_once_and_give_the_same_samples():
+    items = [png_bytes(photo(seed=i)) for i in range(3)] + [b"not an image"]
+    cached_source, plain_source = CountingSource(items), CountingSource(items)
+    cached = MultiCropDataset(cached_source, augmentation(), seed=1, cache_images=True)
+    plain = MultiCropDataset(plain_source, augmentation(), seed=1)
+    for epoch in range(3):
+        cached.set_epoch(epoch), plain.set_epoch(epoch)
+        for i in range(3):
+            a, b = cached[i], plain[i]
+            assert torch.equal(a["global_crops"][1], b["global_crops"][1]) and a["seed"] == b["seed"]
+        # the unreadable item is never cached: replaced by item 0 and reported in every epoch
+        bad = cached[3]
+        assert [(index, name) for index, name, _ in bad["skipped"]] == [(3, "item 3")]
+        assert torch.equal(bad["global_crops"][0], plain[3]["global_crops"][0])
+    assert plain_source.reads[:3] == [6, 3, 3]  # item 0 also stands in for item 3
+    assert cached_source.reads[:3] == [1, 1, 1]  # decoded once per run, not once per epoch
+    assert cached_source.reads[3] >= 3
+
+
 def test_epoch_sampler():
     sampler = EpochRandomSampler(10, seed=5)
     first = list(sampler)
