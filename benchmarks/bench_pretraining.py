@@ -18,7 +18,7 @@ The augmentation alone is also timed in the parent (one process): the per-image 
 `MultiCropAugmentation` and, for small images, the `BatchedMultiCropAugmentation` the tiny preset uses.
 
 - tiny: the `tiny` preset (its crops, batch and DataLoader settings); tiny_ffn4: the same with the x4 FFN it
-  had before (the preset's FFN ratio is 2).
+  had before (the preset's FFN ratio is 1).
 - vits14: the `vit_small` preset (ViT-S/14, 65536 prototypes, drop path 0.3): 2 x 224 + 8 x 98 crops, batch 8.
 """
 

@@ -52,7 +52,7 @@ EMA teacher), or distil a small student from a trained big one. Runs on one CPU 
 (`AutoModel.from_pretrained(<output_dir>/backbone, trust_remote_code=True)`) with a model card recording the recipe.
 
 Start with a preset; every option below overrides it:
-  tiny        4-block 128-wide ViT, patch 7, 28/14-px crops, 2500 steps: ~10 min on 2 CPU cores (the default;
+  tiny        4-block 128-wide ViT, patch 7, 28/14-px crops, 2900 steps: ~10.5 min on 2 CPU cores (the default;
               without --train_dir or --dataset_name it trains on the Fashion-MNIST train split, Debian package)
   vit_small   ViT-S/14, ssl_default_config.yaml: 2x224 + 8x98 crops, 65536 prototypes, 125k steps
   vit_base    ViT-B/14, same recipe
