@@ -40,6 +40,11 @@ CONFIGS = {
 }
 
 
+def _small_images(config_name: str) -> bool:
+    """Configs of the tiny preset train on 28-px Fashion-MNIST images."""
+    return CONFIGS[config_name]["preset"] == "tiny"
+
+
 def _parse(config: dict, precision: str, steps: int, warmup: int, workers: int | None):
     from pretraining import cli
 
@@ -64,7 +69,7 @@ def _images(config_name: str, count: int):
     import numpy as np
     from PIL import Image
 
-    if CONFIGS[config_name]["preset"] == "tiny":
+    if _small_images(config_name):
         from pretraining.data import FASHION_MNIST_DIR, load_fashion_mnist
 
         if FASHION_MNIST_DIR.exists():
@@ -155,7 +160,7 @@ def augmentation_speed(config_name: str, threads: int, images: int = 256) -> dic
 
     torch.set_num_threads(threads)
     model_args, data_args, training_args = _parse(CONFIGS[config_name], "fp32", 1, 1, None)
-    small = CONFIGS[config_name]["preset"] == "tiny"
+    small = _small_images(config_name)
     dataset_images, _ = _images(config_name, images if small else 8)
     pictures = [row["image"].convert("RGB") for row in dataset_images]
     data_args.batched_augmentation = False
@@ -204,7 +209,7 @@ def main() -> None:
     start_load = os.getloadavg()[0]
     results = []
     for name in args.configs:
-        steps = args.steps or (20 if CONFIGS[name]["preset"] == "tiny" else 3)
+        steps = args.steps or (20 if _small_images(name) else 3)
         for precision in args.precisions:
             for mode in args.modes:
                 print(f"running {name} {precision} {mode} ({steps} timed steps)...", file=sys.stderr, flush=True)

@@ -256,11 +256,16 @@ class MultiCropDataset(Dataset):
         skipped = []
         for offset in range(min(self.max_consecutive_bad, len(self.source))):
             position = (int(index) + offset) % len(self.source)
-            try:
-                image = self._image(position)
-            except BadImageError as error:
-                skipped.append((position, self.source[position][1], str(error)))
-                continue
+            image = self._decoded.get(position) if self._decoded is not None else None
+            if image is None:
+                raw, name = self.source[position]
+                try:
+                    image = decode_image(raw, self.min_image_size)
+                except BadImageError as error:
+                    skipped.append((position, name, str(error)))
+                    continue
+                if self._decoded is not None:
+                    self._decoded[position] = image
             sample = dict(self.transform(image, generator=torch.Generator().manual_seed(seed)))
             sample.update(seed=seed, skipped=skipped)
             return sample
@@ -268,15 +273,6 @@ class MultiCropDataset(Dataset):
         raise RuntimeError(
             f"{len(skipped)} consecutive unreadable items starting at index {index}; is this an image dataset?\n{details}"
         )
-
-    def _image(self, position: int) -> Image.Image:
-        """The decoded image at `position` (from the cache when there is one); raises `BadImageError`."""
-        if self._decoded is not None and position in self._decoded:
-            return self._decoded[position]
-        image = decode_image(self.source[position][0], self.min_image_size)
-        if self._decoded is not None:
-            self._decoded[position] = image
-        return image
 
 
 class EpochRandomSampler(Sampler[int]):

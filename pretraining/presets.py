@@ -18,11 +18,10 @@
   targets at this batch size; 0.01 beats 0.02 by 1.2 k-NN points in two seeds, 0.04 loses 7); 512 prototypes
   and a 512-wide head; lr 3e-3 unscaled; no blur (sigma up to 2 px erases a 28-px image); KoLeo weight 0.3
   (+1 k-NN point over the original 0.1 in two seeds; 0 loses 6, 1.0 loses 8); FFN ratio 1 instead of 4 (a
-  1.3-1.4x faster step; at equal time, more steps beat the wider FFN: ratio 2 beats 4 by 2 k-NN points, 1 beats
-  2 by 1); the batched uint8 augmentation in the
-  collator (~20x faster than per-image torchvision transforms on 28-px images), decoded images cached in
-  memory and read in the main process (no DataLoader worker competing for the 2 cores: 1.16x faster), and
-  eager attention (17-token sequences: 1.6x faster than SDPA).
+  1.3-1.4x faster step; at equal time, more steps beat the wider FFN: ratio 2 beats 4 by 2 k-NN points, 1
+  beats 2 by 1); the batched uint8 augmentation in the collator (~20x faster than per-image torchvision
+  transforms on 28-px images); decoded images cached in memory and read in the main process (no DataLoader
+  worker competing for the 2 cores: 1.16x faster); eager attention (17-token sequences: 1.6x faster than SDPA).
 
 Each preset has three parts, for the `model`, `data` and `training` argument groups of the CLI.
 """
