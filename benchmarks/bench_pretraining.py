@@ -18,7 +18,7 @@ The augmentation alone is also timed in the parent (one process): the per-image 
 `MultiCropAugmentation` and, for small images, the `BatchedMultiCropAugmentation` the tiny preset uses.
 
 - tiny: the `tiny` preset (its crops, batch and DataLoader settings); tiny_ffn4: the same with the x4 FFN it
-  had before (the preset's FFN ratio is 1).
+  had before (the preset's FFN ratio is 1); tiny_heads8: the same with 8 heads of 16 instead of 2 of 64.
 - vits14: the `vit_small` preset (ViT-S/14, 65536 prototypes, drop path 0.3): 2 x 224 + 8 x 98 crops, batch 8.
 """
 
@@ -36,6 +36,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {
     "tiny": dict(preset="tiny", batch=None, label="tiny preset"),
     "tiny_ffn4": dict(preset="tiny", batch=None, label="tiny preset with the x4 FFN of before", args=["--mlp_ratio", "4"]),
+    "tiny_heads8": dict(preset="tiny", batch=None, label="tiny preset with 8 heads of 16", args=["--num_attention_heads", "8"]),
     "vits14": dict(preset="vit_small", batch=8, label="ViT-S/14 (2x224 + 8x98 px)"),
 }
 
