@@ -187,17 +187,6 @@ def pool_output(output: Any, pooling: str, num_prefix_tokens: int):
     return torch.cat([cls, patches.mean(dim=1)], dim=1)
 
 
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
-    import torch
-
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        fn = getattr(torch.cpu, probe, None)
-        if fn is not None and fn():
-            return True
-    return False
-
-
 def resolve_device_and_precision(device: str, precision: str) -> tuple[str, Optional[Any]]:
     """``("cpu" | "cuda[:N]", autocast dtype or None)``; ``auto`` picks CUDA when present and bf16 when fast."""
     import torch
@@ -213,6 +202,8 @@ def resolve_device_and_precision(device: str, precision: str) -> tuple[str, Opti
     if precision == "auto":
         if device.startswith("cuda"):
             return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        from modeling_dinov2.hardware import cpu_supports_bf16
+
         return device, torch.bfloat16 if cpu_supports_bf16() else None
     return device, getattr(torch, precision)
 

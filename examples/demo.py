@@ -201,17 +201,18 @@ def backbone_features(model, images: torch.Tensor, labels: torch.Tensor, batch_s
     """Frozen features (normed CLS of the last `n_last_blocks` blocks, mean patch token of the last) of (N, H, W)
     uint8 images at their own size: the same values as `examples.features.extract_features` with
     `eval_transform(H, resize_size=H)` (grey -> RGB, ImageNet normalisation), without decoding and
-    transforming image by image."""
+    transforming image by image. Under bf16 autocast where the CPU computes bf16 natively, else in fp32."""
     from tqdm.auto import tqdm
 
-    from examples.features import Features
+    from examples.features import Features, autocast
+    from modeling_dinov2.hardware import cpu_supports_bf16
     from modeling_dinov2.model_card import IMAGENET_MEAN, IMAGENET_STD
 
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     cls, patch_mean = [], []
     for start in tqdm(range(0, len(images), batch_size), desc="features", unit="batch"):
         pixel_values = (images[start : start + batch_size, None].float() / 255).expand(-1, 3, -1, -1)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast("cpu", bf16=cpu_supports_bf16()):
             layers = model.get_intermediate_layers((pixel_values - mean) / std, return_class_token=True,
                                                    n=min(n_last_blocks, model.config.num_hidden_layers))
         cls.append(torch.stack([cls_token.float() for _, cls_token in layers], dim=1))  # (B, n, D), last block last

@@ -59,7 +59,8 @@ def test_fast_demo_features_equal_the_example_feature_extractor(fashion_mnist_di
     reference = extract_features(model, dataset, eval_transform(28, resize_size=28), n_last_blocks=2, batch_size=8)
     fast = demo.backbone_features(model, demo.as_uint8_images(dataset), torch.tensor(dataset["label"]), batch_size=8)
     assert fast.cls_tokens.shape == reference.cls_tokens.shape == (20, 2, 32)  # 4 blocks asked, the model has 2
-    # the fast path runs under bf16 autocast, the reference in fp32: compare at bf16 resolution
+    # the fast path runs under bf16 autocast where the CPU has bf16 instructions, the reference in fp32: compare
+    # at bf16 resolution
     torch.testing.assert_close(fast.cls_tokens, reference.cls_tokens, atol=0.05, rtol=0.05)
     torch.testing.assert_close(fast.patch_mean, reference.patch_mean, atol=0.05, rtol=0.05)
     assert fast.labels.equal(reference.labels)

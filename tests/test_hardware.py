@@ -1,0 +1,58 @@
+"""The bf16-or-fp32 choice: native bf16 only (AVX512-BF16 / AMX CPUs, CUDA), since emulated bf16 on an AVX2 CPU
+is far slower than fp32; the tiny preset and the demo follow it, and asking for bf16 without it warns."""
+
+import warnings
+
+import pytest
+import torch
+
+from modeling_dinov2 import hardware
+from pretraining.presets import preset
+from pretraining.trainer import Dinov2PretrainingArguments
+
+
+@pytest.fixture(params=[(False, False), (True, False), (False, True)], ids=["avx2", "avx512_bf16", "amx"])
+def cpu(request, monkeypatch):
+    """A CPU with (avx512_bf16, amx) as given, and no CUDA."""
+    avx512_bf16, amx = request.param
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    return avx512_bf16 or amx
+
+
+def test_bf16_is_native_only_with_bf16_instructions(cpu):
+    assert hardware.cpu_supports_bf16() is cpu
+    assert hardware.bf16_is_native() is cpu
+    assert hardware.bf16_is_native("cpu") is cpu
+
+
+def test_older_torch_without_the_probes_means_no_native_bf16(monkeypatch):
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert hardware.cpu_supports_bf16() is False
+
+
+def test_cuda_device_asks_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert hardware.bf16_is_native() is True and hardware.bf16_is_native("cuda:0") is True
+    assert hardware.bf16_is_native("cpu") is False
+
+
+def test_tiny_preset_uses_bf16_exactly_when_native(cpu):
+    assert preset("tiny")["training"]["bf16"] is cpu
+    assert "bf16" not in preset("vit_small")["training"]  # the GPU recipes leave the choice to --bf16
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(cpu, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        args = Dinov2PretrainingArguments(output_dir=str(tmp_path), bf16=True, report_to="none")
+    emulated = [w for w in caught if "emulates bf16" in str(w.message)]
+    assert args.use_cpu and args.bf16
+    assert len(emulated) == (0 if cpu else 1)
+    if emulated:
+        assert "--bf16 false" in str(emulated[0].message)
