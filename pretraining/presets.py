@@ -9,9 +9,10 @@
   80 warm-up epochs, weight decay 0.04 -> 0.2, momentum 0.994, drop path 0.4, no layer-wise decay,
   131072 prototypes (bottleneck 384) plus a separate iBOT head, Sinkhorn-Knopp, batch 32 / 12 per GPU.
 - `tiny`: a 4-block, 128-wide ViT with patch 7 and an FFN as wide as the blocks on 2 x 28-px global and 2 x 14-px
-  local crops, for Fashion-MNIST-sized images on a CPU (2900 steps of batch 128, ~10.5 min on 2 cores). Without
-  --train_dir / --dataset_name it trains on the Fashion-MNIST train split (`TINY_DEFAULT_DATA`). Short-run
-  choices, found by probing on Fashion-MNIST (what was tried is in pretraining/README.md):
+  local crops, for Fashion-MNIST-sized images on a CPU (2900 steps of batch 128, ~10.5 min on 2 cores with bf16
+  instructions, ~30 min in fp32 without). Without --train_dir / --dataset_name it trains on the Fashion-MNIST
+  train split (`TINY_DEFAULT_DATA`). Short-run choices, found by probing on Fashion-MNIST (what was tried is in
+  pretraining/README.md):
   LayerScale 1.0 (with 1e-5 the blocks barely move in a thousand steps and the teacher stays constant); a fast
   EMA, momentum 0.9 -> 0.99 (the original 0.992 -> 1 averages over more steps than the run has); a constant
   teacher temperature of 0.01 with Sinkhorn-Knopp (softmax centering oscillates between collapse and uniform

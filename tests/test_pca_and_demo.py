@@ -74,6 +74,9 @@ def test_demo_runs_end_to_end_at_toy_size(fashion_mnist_dir, tmp_path, capsys):
     model_dir = out["model_dir"]
     card = (model_dir / "README.md").read_text()
     assert "pipeline_tag: image-feature-extraction" in card and "Fashion-MNIST test k-NN top-1 (k=20)" in card
+    from modeling_dinov2.hardware import bf16_is_native
+
+    assert ("3 steps, bf16 autocast;" if bf16_is_native() else "3 steps, fp32;") in card  # the precision it ran in
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "modeling_dinov2.py",
                  "pca_features.png", "loss_curve.png", "demo_results.json"):
         assert (model_dir / name).is_file(), name
