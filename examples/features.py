@@ -23,6 +23,7 @@ from torch import nn
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from modeling_dinov2.hardware import cpu_supports_bf16
 from modeling_dinov2.model_card import EVAL_CROP, EVAL_RESIZE, IMAGENET_MEAN, IMAGENET_STD
 
 DEFAULT_MODEL = "facebook/dinov2-small"
@@ -149,10 +150,15 @@ def intermediate_layers(model: nn.Module, pixel_values: torch.Tensor, n: int = 1
 
 
 def autocast(device: str | torch.device, bf16: bool):
-    """bf16 autocast on `device` when `bf16` (about 2.3x faster matmuls on AVX512-bf16 CPUs), else a no-op."""
+    """bf16 autocast on `device` when `bf16` (about 2.3x faster matmuls on AVX512-bf16 CPUs), else a no-op.
+    Warns on a CPU without bf16 instructions, where PyTorch emulates bf16 far slower than fp32."""
     if not bf16:
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    device_type = torch.device(device).type
+    if device_type == "cpu" and not cpu_supports_bf16():
+        warnings.warn("bf16 on a CPU without AVX512-BF16 or AMX is emulated and much slower than fp32 here; "
+                      "drop --bf16.", stacklevel=2)
+    return torch.autocast(device_type, dtype=torch.bfloat16)
 
 
 @dataclass

@@ -56,3 +56,15 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(cpu, tmp_path):
     assert len(emulated) == (0 if cpu else 1)
     if emulated:
         assert "--bf16 false" in str(emulated[0].message)
+
+
+def test_examples_autocast_warns_only_where_bf16_is_emulated(cpu):
+    from examples.features import autocast
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with autocast("cpu", bf16=True):
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+        with autocast("cpu", bf16=False):
+            assert not torch.is_autocast_enabled("cpu")
+    assert len([w for w in caught if "emulated" in str(w.message)]) == (0 if cpu else 1)
