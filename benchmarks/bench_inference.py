@@ -21,6 +21,7 @@ import torch
 import transformers
 
 from modeling_dinov2 import Dinov2Config, Dinov2Model
+from modeling_dinov2.hardware import bf16_is_native
 
 
 def matmul_peak_tflops(dtype: torch.dtype, repeats: int = 3) -> float:
@@ -87,6 +88,14 @@ def time_batch(model, pixel_values: torch.Tensor, bf16: bool) -> float:
         return time.perf_counter() - start
 
 
+def default_precisions() -> list[str]:
+    """fp32, plus bf16 where it is native: emulated bf16 (AVX2 CPUs) is slow enough to stall a benchmark."""
+    if bf16_is_native("cpu"):
+        return ["fp32", "bf16"]
+    print("bf16 skipped: this CPU has no AVX512-BF16 or AMX (pass --precisions fp32 bf16 to time the emulation)")
+    return ["fp32"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -95,21 +104,26 @@ def main() -> None:
     parser.add_argument("--arch", default="vit_small")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--precisions", nargs="+", default=None, choices=["fp32", "bf16"],
+                        help="default: fp32, and bf16 where this machine computes it natively")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    precisions = args.precisions or default_precisions()
 
     # size-based interpolation and LayerScale 1.0, as stock transformers, so both do the same arithmetic
     config = Dinov2Config.from_preset(args.arch, interpolate_offset=0.0, layerscale_value=1.0)
     models = build_models(config, args.image_size, args.compile)
     pixel_values = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
     flops = vit_flops_per_image(config, args.image_size)
-    peaks = {False: matmul_peak_tflops(torch.float32), True: matmul_peak_tflops(torch.bfloat16)}
+    peaks = {bf16: matmul_peak_tflops(torch.bfloat16 if bf16 else torch.float32)
+             for bf16 in (False, True) if ("bf16" if bf16 else "fp32") in precisions}
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads; "
           f"{args.arch} at {args.image_size}px, batch {args.batch_size}, {flops / 1e9:.2f} GFLOP/image")
-    print(f"matmul peak (best GEMM): fp32 {peaks[False]:.3f} TFLOP/s, bf16 {peaks[True]:.3f} TFLOP/s")
+    print("matmul peak (best GEMM): " + ", ".join(f"{'bf16' if bf16 else 'fp32'} {peak:.3f} TFLOP/s"
+                                                  for bf16, peak in peaks.items()))
     print(f"{'model':<26}{'precision':<11}{'images/s':>10}{'vs transformers':>17}{'% of matmul peak':>18}")
-    for bf16 in (False, True):
+    for bf16 in peaks:
         for model in models.values():  # warm-up: position-table caches, compilation
             time_batch(model, pixel_values, bf16)
         seconds = {name: [] for name in models}

@@ -193,7 +193,8 @@ def _rss_mb() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--precisions", nargs="+", default=None, choices=["fp32", "bf16"],
+                        help="default: fp32, and bf16 where this machine computes it natively")
     parser.add_argument("--modes", nargs="+", default=["pipeline", "step"], choices=["pipeline", "step"])
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 20 tiny, 3 ViT-S)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps")
@@ -207,6 +208,12 @@ def main() -> None:
         print("RESULT " + json.dumps(result))
         return
 
+    if args.precisions is None:
+        from modeling_dinov2.hardware import bf16_is_native
+
+        args.precisions = ["fp32", "bf16"] if bf16_is_native() else ["fp32"]
+        if "bf16" not in args.precisions:
+            print("bf16 skipped: this machine has no native bf16 (pass --precisions fp32 bf16 to time the emulation)")
     start_load = os.getloadavg()[0]
     results = []
     for name in args.configs:
