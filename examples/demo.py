@@ -125,7 +125,7 @@ def pretrain(dataset_dir: Path, output_dir: Path, args) -> Path:
                "--report_to", "none"]
     if args.max_steps:
         command += ["--max_steps", str(args.max_steps)]
-    log("pretrain", " ".join(["dinov2-pretrain", *command[3:]]) + f" ({pretraining_precision()})")
+    log("pretrain", " ".join(["dinov2-pretrain", *command[3:]]) + f" (in {pretraining_precision()})")
     environment = dict(os.environ)
     if args.threads:
         environment["OMP_NUM_THREADS"] = str(args.threads)
@@ -138,7 +138,7 @@ def pretraining_precision() -> str:
     """What the tiny preset computes in on this machine (bf16 only where it is native)."""
     from modeling_dinov2.hardware import bf16_is_native
 
-    return "bf16 autocast" if bf16_is_native() else "fp32: no bf16 instructions here"
+    return "bf16 autocast" if bf16_is_native() else "fp32"
 
 
 def loss_history(pretrain_dir: Path) -> list[dict]:
@@ -326,7 +326,7 @@ def run(args: argparse.Namespace) -> dict:
     model_dir = out / "model"
     recipe = (f"`dinov2-pretrain --preset tiny` on {len(curated.dataset):,} curated images"
               + (f", {args.max_steps} steps" if args.max_steps else "")
-              + f", {pretraining_precision().split(':')[0]}; see `pretraining/presets.py`.")
+              + f", {pretraining_precision()}; see `pretraining/presets.py`.")
     write_model_folder(backbone_dir, model_dir, results, curated.report, recipe)
     pca_figure(trained, test, image_size, model_dir / "pca_features.png")
     plot_losses(loss_history(out / "pretrain"), model_dir / "loss_curve.png")
