@@ -12,6 +12,7 @@
    measured numbers, with a PCA picture of patch features and the loss curve.
 
     dinov2-demo                                  # the README's main command (outputs/demo)
+    dinov2-demo --resume                         # continue it after an interruption (Ctrl-C, a crash)
     dinov2-demo --quick --output-dir /tmp/demo   # a toy-sized run, for a smoke test
 """
 
@@ -30,6 +31,9 @@ import torch
 
 STEPS = ("data", "curate", "pretrain", "evaluate", "share")
 HUB_FASHION_MNIST = "zalando-datasets/fashion_mnist"
+RUN_FILE = "demo_run.json"  # the options that define a run's results, checked by --resume
+RUN_OPTIONS = ("quick", "train_limit", "test_limit", "max_steps", "curated_fraction", "dedup_threshold", "seed")
+RUN_FOLDERS = ("curated", "pretrain", "model")  # what a run writes in --output-dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="balanced sample kept after de-duplication (default: %(default)s)")
     parser.add_argument("--dedup-threshold", type=float, default=0.99,
                         help="pixel-correlation threshold for near-duplicates (default: %(default)s)")
+    from pretraining.presets import PRESETS
+
+    parser.add_argument("--save-steps", type=int, default=None,
+                        help=f"checkpoint pretraining every N steps (default: the tiny preset's "
+                        f"{PRESETS['tiny']['training']['save_steps']})")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --output-dir: keep its curated set and pretrain from "
+                        "its last checkpoint (the options that shape the results must be the same)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -52,6 +64,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def log(step: str, message: str) -> None:
     print(f"[{STEPS.index(step) + 1}/{len(STEPS)} {step}] {message}", flush=True)
+
+
+def check_resumable(out: Path, args) -> bool:
+    """With --resume, True when `out` holds a run with the same options (an error names any that differ).
+    Otherwise a new run: delete an earlier run's folders (so whatever --resume later finds is this run's),
+    record this run's options, and return False."""
+    run_file, options = out / RUN_FILE, {name: getattr(args, name) for name in RUN_OPTIONS}
+    if args.resume and run_file.is_file():
+        recorded = json.loads(run_file.read_text())
+        changed = [f"--{name.replace('_', '-')} {recorded.get(name)!r} -> {value!r}"
+                   for name, value in options.items() if recorded.get(name) != value]
+        if changed:
+            raise SystemExit(f"dinov2-demo: --resume: {out} holds a run with other options ({'; '.join(changed)}). "
+                             "Pass the same options, or drop --resume to start over.")
+        return True
+    if args.resume:
+        log("data", f"--resume: no earlier run in {out}; starting one")
+    earlier = [out / name for name in RUN_FOLDERS if (out / name).exists()]
+    if earlier:
+        log("data", f"a new run: deleting the earlier run's {', '.join(path.name for path in earlier)} in {out} "
+            "(--resume continues a run instead)")
+        for path in earlier:
+            shutil.rmtree(path)
+    run_file.write_text(json.dumps(options, indent=2))
+    return False
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -93,8 +130,19 @@ def load_data(train_limit: int | None, test_limit: int | None):
 # ----------------------------------------------------------------------------------------------------
 # 2. curate
 # ----------------------------------------------------------------------------------------------------
-def curate(train, test, output_dir: Path, args) -> object:
+def curate(train, test, output_dir: Path, args, reuse: bool = False) -> object:
+    """`curation.pipeline.curate` on the train split; with `reuse`, the finished result of an earlier run."""
+    from curation.pipeline import CurationResult
     from curation.pipeline import curate as run_curation
+
+    if reuse and (output_dir / "report.json").is_file():  # written last: the curation finished
+        import datasets
+
+        dataset = datasets.load_from_disk(str(output_dir / "dataset"))
+        removal_log = datasets.Dataset.from_parquet(str(output_dir / "removal_log.parquet"))
+        log("curate", f"--resume: the earlier run's {len(dataset):,} curated images in {output_dir}")
+        return CurationResult(dataset, removal_log, json.loads((output_dir / "report.json").read_text()),
+                              str(output_dir))
 
     n_fine = max(2, min(100, len(train) // 200))
     config = {
@@ -118,13 +166,24 @@ def curate(train, test, output_dir: Path, args) -> object:
 # ----------------------------------------------------------------------------------------------------
 # 3. pretrain
 # ----------------------------------------------------------------------------------------------------
-def pretrain(dataset_dir: Path, output_dir: Path, args) -> Path:
-    """Run `dinov2-pretrain --preset tiny` in a child process (its own threads and memory); returns the backbone."""
+def pretrain(dataset_dir: Path, output_dir: Path, args, resume: bool = False) -> Path:
+    """Run `dinov2-pretrain --preset tiny` in a child process (its own threads and memory); returns the backbone.
+    With `resume`, it continues from the last complete checkpoint in `output_dir`, or starts over there."""
+    from pretraining.trainer import last_complete_checkpoint
+
     command = [sys.executable, "-m", "pretraining.cli", "--preset", "tiny", "--dataset_name", str(dataset_dir),
                "--image_column", "image", "--output_dir", str(output_dir), "--seed", str(args.seed),
                "--report_to", "none"]
     if args.max_steps:
         command += ["--max_steps", str(args.max_steps)]
+    if args.save_steps:
+        command += ["--save_steps", str(args.save_steps)]
+    checkpoint = last_complete_checkpoint(str(output_dir)) if resume else None
+    if checkpoint:
+        log("pretrain", f"--resume: continuing from {checkpoint}")
+        command += ["--resume_from_checkpoint", "last"]
+    elif resume and output_dir.exists():
+        command += ["--overwrite_output_dir", "true"]  # interrupted before its first checkpoint: start over
     log("pretrain", " ".join(["dinov2-pretrain", *command[3:]]) + f" (in {pretraining_precision()})")
     environment = dict(os.environ)
     if args.threads:
@@ -294,16 +353,17 @@ def run(args: argparse.Namespace) -> dict:
         args.max_steps = args.max_steps or 20
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    resume = check_resumable(out, args)
     timings = {}
 
     train, test = load_data(args.train_limit, args.test_limit)
     log("data", f"Fashion-MNIST: {len(train):,} train, {len(test):,} test images")
     timings["data"] = time.perf_counter() - start
 
-    curated = curate(train, test, out / "curated", args)
+    curated = curate(train, test, out / "curated", args, reuse=resume)
     timings["curate"] = time.perf_counter() - start - sum(timings.values())
 
-    backbone_dir = pretrain(out / "curated" / "dataset", out / "pretrain", args)
+    backbone_dir = pretrain(out / "curated" / "dataset", out / "pretrain", args, resume=resume)
     timings["pretrain"] = time.perf_counter() - start - sum(timings.values())
 
     trained = Dinov2Model.from_pretrained(backbone_dir).eval()

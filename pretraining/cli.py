@@ -6,6 +6,7 @@
     dinov2-pretrain --preset vit_small --model_name_or_path facebook/dinov2-small ...   # continued pretraining
     dinov2-pretrain --preset vit_small --distill_from runs/vitl/final --output_dir runs/distilled
     dinov2-pretrain --output_dir runs/tiny --resume_from_checkpoint last                # after a crash
+    dinov2-pretrain --output_dir runs/tiny --overwrite_output_dir true                  # start that run over
 
 Every option of `transformers.TrainingArguments` works too (run with --help).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 
@@ -39,6 +41,7 @@ from .trainer import (
     Dinov2PretrainingArguments,
     Dinov2PretrainingTrainer,
     NonFiniteLossError,
+    checkpoint_dirs,
     end_distributed,
     last_complete_checkpoint,
 )
@@ -75,7 +78,8 @@ examples:
   dinov2-pretrain --output_dir runs/tiny
   dinov2-pretrain --preset vit_small --train_dir photos/ --output_dir runs/vits14 --bf16 true --max_steps 20000
   torchrun --nproc_per_node 8 -m pretraining.cli --preset vit_large --train_dir /data/images --output_dir runs/vitl
-  dinov2-pretrain --output_dir runs/tiny --resume_from_checkpoint last
+  dinov2-pretrain --output_dir runs/tiny --resume_from_checkpoint last   # continue the run in runs/tiny
+  dinov2-pretrain --output_dir runs/tiny --overwrite_output_dir true      # delete it and start over
 
 The logs show the total loss and its parts (dino_loss, ibot_loss, koleo_loss), every schedule value (lr,
 last_layer_lr, weight_decay, momentum, teacher_temp) and two collapse indicators: teacher_entropy (ln K =
@@ -375,6 +379,44 @@ def export(model, export_args: ExportArguments, output_dir: str, trainer: Dinov2
     return export_dir
 
 
+def earlier_run_outputs(output_dir: str) -> list[str]:
+    """What a training run of this CLI left in `output_dir`: checkpoints, `final`, the exported `backbone`,
+    `trainer_state.json`."""
+    named = [os.path.join(output_dir, name) for name in ("final", "backbone", "trainer_state.json")]
+    return checkpoint_dirs(output_dir) + [path for path in named if os.path.exists(path)]
+
+
+def prepare_output_dir(training_args: Dinov2PretrainingArguments) -> str | None:
+    """The checkpoint to resume from, or None for a new run. A new run refuses an output dir that holds an
+    earlier run (resuming it later could continue the earlier run's newest checkpoint instead), unless
+    --overwrite_output_dir deletes that run first."""
+    output_dir, resume = training_args.output_dir, training_args.resume_from_checkpoint
+    if resume and training_args.overwrite_output_dir:
+        raise ValueError("--resume_from_checkpoint continues the run in --output_dir; --overwrite_output_dir "
+                         "deletes it. Pass one of them.")
+    if resume in ("last", "true", "True"):
+        resume = last_complete_checkpoint(output_dir)
+        if resume is None:
+            raise ValueError(f"--resume_from_checkpoint last: no complete checkpoint in {output_dir}.")
+    if resume:
+        return resume
+    earlier = earlier_run_outputs(output_dir)
+    if earlier and not training_args.overwrite_output_dir:
+        names = ", ".join(os.path.basename(path) for path in earlier)
+        raise ValueError(f"--output_dir {output_dir} holds an earlier run ({names}). Pass --resume_from_checkpoint "
+                         "last to continue it, --overwrite_output_dir true to delete it and start over, or another "
+                         "--output_dir.")
+    if earlier and training_args.should_save:  # the main process deletes; the others do not read them
+        logger.info("--overwrite_output_dir: deleting the earlier run in %s (%s)", output_dir,
+                    ", ".join(os.path.basename(path) for path in earlier))
+        for path in earlier:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     export_args, model_args, data_args, training_args = parse_args(argv)
@@ -386,11 +428,7 @@ def main(argv: list[str] | None = None) -> int:
             recipe = {"exported from": model_args.model_name_or_path}
             export(model, export_args, training_args.output_dir, None, recipe)
             return 0
-        resume = training_args.resume_from_checkpoint
-        if resume in ("last", "true", "True"):
-            resume = last_complete_checkpoint(training_args.output_dir)
-            if resume is None:
-                raise ValueError(f"--resume_from_checkpoint last: no complete checkpoint in {training_args.output_dir}.")
+        resume = prepare_output_dir(training_args)
         set_seed(training_args.seed)
         model = build_model(model_args, data_args)
         dataset, collator = build_data(data_args, model.config.backbone_config.patch_size, training_args.seed)

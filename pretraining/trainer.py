@@ -106,6 +106,12 @@ class Dinov2PretrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Every student parameter is used in every step, so DDP needs no search."}
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Delete an earlier run in --output_dir (its checkpoints, final, backbone, trainer_state.json) "
+                  "and start over. Without it a new run refuses such a folder: a later resume could continue the "
+                  "earlier run instead."},
+    )
 
     def __post_init__(self):
         if (self.bf16 or self.fp16) and not self.use_cpu and not _has_accelerator():
@@ -423,13 +429,17 @@ def end_distributed() -> None:
         dist.destroy_process_group()
 
 
+def checkpoint_dirs(output_dir: str) -> list[str]:
+    """The `checkpoint-N` folders in `output_dir`, complete or not, by step."""
+    if not os.path.isdir(output_dir):
+        return []
+    names = [name for name in os.listdir(output_dir)
+             if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and name.split("-")[-1].isdigit()
+             and os.path.isdir(os.path.join(output_dir, name))]
+    return [os.path.join(output_dir, name) for name in sorted(names, key=lambda name: int(name.split("-")[-1]))]
+
+
 def last_complete_checkpoint(output_dir: str) -> str | None:
     """Newest `checkpoint-N` folder in `output_dir` that has the pretraining state (written last)."""
-    if not os.path.isdir(output_dir):
-        return None
-    steps = []
-    for name in os.listdir(output_dir):
-        if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and name.split("-")[-1].isdigit():
-            if os.path.exists(os.path.join(output_dir, name, STATE_FILE)):
-                steps.append(int(name.split("-")[-1]))
-    return os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{max(steps)}") if steps else None
+    complete = [path for path in checkpoint_dirs(output_dir) if os.path.exists(os.path.join(path, STATE_FILE))]
+    return complete[-1] if complete else None

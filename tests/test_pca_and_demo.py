@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import pytest
 import torch
 import transformers
 
@@ -94,3 +95,56 @@ def test_demo_runs_end_to_end_at_toy_size(fashion_mnist_dir, tmp_path, capsys):
     assert results["raw pixels"]["knn"][20] > 0.6  # raw-pixel k-NN on 600 Fashion-MNIST images: ~0.7
     printed = capsys.readouterr().out
     assert "| raw pixels |" in printed and "[5/5 share]" in printed and report
+
+
+def demo_args(out, *extra):
+    return demo.build_parser().parse_args(["--output-dir", str(out), "--train-limit", "600", "--test-limit", "200",
+                                           "--max-steps", "6", "--save-steps", "3", *extra])
+
+
+def test_demo_resume_after_an_interruption_equals_the_uninterrupted_run(fashion_mnist_dir, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    straight = demo.run(demo_args(tmp_path / "straight"))
+    # What a kill during step 5 leaves: the run's options, the finished curation, checkpoint-3, and a
+    # checkpoint-6 whose pretraining state was never written (incomplete: skipped by the resume).
+    killed = tmp_path / "killed"
+    shutil.copytree(tmp_path / "straight", killed)
+    for name in ("final", "backbone", "trainer_state.json"):
+        path = killed / "pretrain" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (killed / "pretrain" / "checkpoint-6" / "pretraining_state.json").unlink()
+    shutil.rmtree(killed / "model")
+    checkpoint_weights = killed / "pretrain" / "checkpoint-3" / "model.safetensors"
+    written = checkpoint_weights.stat().st_mtime_ns
+    capsys.readouterr()
+
+    resumed = demo.run(demo_args(killed, "--resume"))
+    printed = capsys.readouterr().out
+    assert "--resume: the earlier run's" in printed and "curated images" in printed  # curation was not redone
+    assert f"--resume: continuing from {killed / 'pretrain' / 'checkpoint-3'}" in printed
+    assert checkpoint_weights.stat().st_mtime_ns == written  # steps 1-3 were not trained again
+    assert resumed["results"] == straight["results"]
+    weights = [load_file(run["model_dir"] / "model.safetensors") for run in (straight, resumed)]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        torch.testing.assert_close(weights[1][name], weights[0][name], rtol=0, atol=0, msg=name)
+
+    with pytest.raises(SystemExit, match=r"other options \(--max-steps 6 -> 7; --seed 0 -> 1\)"):
+        demo.run(demo_args(killed, "--resume", "--max-steps", "7", "--seed", "1"))
+
+
+def test_a_new_demo_run_deletes_only_the_earlier_runs_folders(tmp_path, capsys):
+    for name in ("curated", "pretrain", "model", "my_notes"):
+        (tmp_path / name).mkdir()
+    assert demo.check_resumable(tmp_path, demo_args(tmp_path)) is False
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["demo_run.json", "my_notes"]
+    assert "a new run: deleting the earlier run's curated, pretrain, model" in capsys.readouterr().out
+    assert demo.check_resumable(tmp_path, demo_args(tmp_path, "--resume")) is True
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert demo.check_resumable(empty, demo_args(empty, "--resume")) is False
+    assert "--resume: no earlier run" in capsys.readouterr().out and (empty / "demo_run.json").is_file()

@@ -189,6 +189,38 @@ def test_export_only_and_distillation_from_the_trained_model(fashion_run, tmp_pa
     assert "distillation from a frozen teacher" in (out / "backbone" / "README.md").read_text()
 
 
+@needs_fashion_mnist
+def test_a_new_run_refuses_the_output_dir_of_an_earlier_run(fashion_run, capsys):
+    """Without this, `--resume_from_checkpoint last` after a crash of the new run could continue the earlier
+    run's newest checkpoint."""
+    assert cli.main(["--preset", "tiny", "--output_dir", str(fashion_run), "--max_steps", "2"]) == 1
+    error = capsys.readouterr().err
+    assert f"--output_dir {fashion_run} holds an earlier run (checkpoint-18, checkpoint-36, final, backbone, " \
+           "trainer_state.json)" in error
+    assert "--resume_from_checkpoint last" in error and "--overwrite_output_dir true" in error
+    assert (fashion_run / "checkpoint-36").is_dir()  # nothing was touched
+
+
+def test_overwrite_output_dir_deletes_only_the_earlier_run(tmp_path):
+    for name in ("checkpoint-3", "checkpoint-12", "final", "backbone"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"")
+    (tmp_path / "checkpoint-notes").mkdir()  # not a checkpoint: no step number
+    (tmp_path / "trainer_state.json").write_text("{}")
+    (tmp_path / "my_notes.txt").write_text("keep me")
+    _, _, _, training = cli.parse_args(["--output_dir", str(tmp_path), "--overwrite_output_dir", "true"])
+    assert cli.prepare_output_dir(training) is None
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint-notes", "my_notes.txt"]
+
+    _, _, _, training = cli.parse_args(["--output_dir", str(tmp_path), "--overwrite_output_dir", "true",
+                                        "--resume_from_checkpoint", "last"])
+    with pytest.raises(ValueError, match="Pass one of them"):
+        cli.prepare_output_dir(training)
+    _, _, _, training = cli.parse_args(["--output_dir", str(tmp_path), "--resume_from_checkpoint", "last"])
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        cli.prepare_output_dir(training)
+
+
 def test_push_backbone_with_model_card_to_the_hub(hub_server, tmp_path):
     code = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
