@@ -402,7 +402,14 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except KeyboardInterrupt:
+        same = " ".join(argument for argument in (argv if argv is not None else sys.argv[1:]) if argument != "--resume")
+        print(f"\ndinov2-demo: interrupted. `dinov2-demo {same + ' ' if same else ''}--resume` continues this run "
+              "(the finished curation and the last pretraining checkpoint are kept).", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -448,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"dinov2-pretrain: training stopped: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        checkpoint = last_complete_checkpoint(training_args.output_dir)
+        where = (f"--resume_from_checkpoint last continues from {checkpoint}" if checkpoint
+                 else "no checkpoint was written yet (every --save_steps steps)")
+        print(f"\ndinov2-pretrain: interrupted; {where}.", file=sys.stderr)
+        return 130
     end_distributed()
     return 0
 

@@ -148,3 +148,14 @@ def test_a_new_demo_run_deletes_only_the_earlier_runs_folders(tmp_path, capsys):
     empty.mkdir()
     assert demo.check_resumable(empty, demo_args(empty, "--resume")) is False
     assert "--resume: no earlier run" in capsys.readouterr().out and (empty / "demo_run.json").is_file()
+
+
+def test_an_interrupted_demo_says_how_to_resume(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run", interrupted)
+    assert demo.main(["--output-dir", "runs/demo", "--seed", "1"]) == 130
+    assert "`dinov2-demo --output-dir runs/demo --seed 1 --resume` continues this run" in capsys.readouterr().err
+    assert demo.main(["--resume"]) == 130
+    assert "`dinov2-demo --resume` continues" in capsys.readouterr().err

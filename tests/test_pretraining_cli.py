@@ -221,6 +221,20 @@ def test_overwrite_output_dir_deletes_only_the_earlier_run(tmp_path):
         cli.prepare_output_dir(training)
 
 
+def test_an_interrupted_run_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    def interrupted(training_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "prepare_output_dir", interrupted)
+    assert cli.main(["--output_dir", str(tmp_path)]) == 130
+    assert "interrupted; no checkpoint was written yet" in capsys.readouterr().err
+    (tmp_path / "checkpoint-7").mkdir()
+    (tmp_path / "checkpoint-7" / "pretraining_state.json").write_text("{}")
+    (tmp_path / "checkpoint-9").mkdir()  # killed while writing it: incomplete
+    assert cli.main(["--output_dir", str(tmp_path)]) == 130
+    assert f"--resume_from_checkpoint last continues from {tmp_path / 'checkpoint-7'}." in capsys.readouterr().err
+
+
 def test_push_backbone_with_model_card_to_the_hub(hub_server, tmp_path):
     code = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
