@@ -21,6 +21,7 @@ reduce over ranks; the EMA runs identically on every rank). FSDP: see `pretraini
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import warnings
@@ -28,8 +29,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint
 
 from modeling_dinov2.hardware import cpu_supports_bf16
 
@@ -38,6 +40,7 @@ from .modeling_self_distillation import Dinov2ForSelfDistillation
 from .optim import RecipeScheduler, build_param_groups
 from .schedules import PretrainingSchedule, scaled_learning_rate
 
+logger = logging.getLogger(__name__)
 STATE_FILE = "pretraining_state.json"
 LOSS_PARTS = ("dino_loss", "ibot_loss", "koleo_loss", "teacher_entropy", "prototype_usage")
 
@@ -344,9 +347,31 @@ class Dinov2PretrainingTrainer(Trainer):
             if os.path.exists(state_file):
                 with open(state_file) as f:
                     self.skipped_images.records.update(json.load(f)["skipped_images"])
+            finished = self._finished_state(resume_from_checkpoint)
+            if finished is not None:
+                return self._load_finished_run(resume_from_checkpoint, finished)
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         self.report_skipped_images()
         return output
+
+    def _finished_state(self, checkpoint: str) -> TrainerState | None:
+        """The checkpoint's TrainerState when it already reached --max_steps (Trainer.train would still run one
+        more step when max_steps is not a multiple of the epoch length), else None."""
+        path = os.path.join(checkpoint, TRAINER_STATE_NAME)
+        if self.args.max_steps <= 0 or not os.path.isfile(path):
+            return None
+        state = TrainerState.load_from_json(path)
+        return state if state.global_step >= self.args.max_steps else None
+
+    def _load_finished_run(self, checkpoint: str, state: TrainerState) -> TrainOutput:
+        """Resuming a finished run: load its weights and state, train nothing."""
+        self._load_from_checkpoint(checkpoint)
+        self.state = state
+        logger.info("%s is at step %d of --max_steps %d: nothing left to train.", checkpoint, state.global_step,
+                    self.args.max_steps)
+        self.report_skipped_images()
+        losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+        return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})
 
     def report_skipped_images(self) -> None:
         """Log the bad items (gathered from every rank) and write `skipped_images.json` in the output dir."""

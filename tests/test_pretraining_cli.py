@@ -235,6 +235,25 @@ def test_an_interrupted_run_says_how_to_resume(tmp_path, monkeypatch, capsys):
     assert f"--resume_from_checkpoint last continues from {tmp_path / 'checkpoint-7'}." in capsys.readouterr().err
 
 
+@needs_fashion_mnist
+def test_resuming_a_finished_run_trains_nothing(tmp_path):
+    """6 steps of 4-batch epochs: Trainer.train alone would run a 7th step from checkpoint-6."""
+    from safetensors.torch import load_file
+
+    run = ["--preset", "tiny", "--output_dir", str(tmp_path), "--hidden_size", "48", "--num_hidden_layers", "2",
+           "--max_train_samples", "64", "--per_device_train_batch_size", "16", "--max_steps", "6",
+           "--save_steps", "3", "--warmup_steps", "1", "--disable_tqdm", "true"]
+    run_cli(*run)
+    finished = load_file(tmp_path / "final" / "model.safetensors")
+    run_cli(*run, "--resume_from_checkpoint", "last")
+    assert not (tmp_path / "checkpoint-7").exists()
+    assert json.loads((tmp_path / "trainer_state.json").read_text())["global_step"] == 6
+    resumed = load_file(tmp_path / "final" / "model.safetensors")
+    assert resumed.keys() == finished.keys()
+    for name in finished:
+        torch.testing.assert_close(resumed[name], finished[name], rtol=0, atol=0, msg=name)
+
+
 def test_push_backbone_with_model_card_to_the_hub(hub_server, tmp_path):
     code = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); sys.path.insert(0, {str(REPO_ROOT / 'tests')!r})
