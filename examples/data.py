@@ -104,7 +104,14 @@ def load_image_dataset(
     from datasets import load_dataset
 
     if os.path.isdir(name):
-        dataset = load_dataset("imagefolder", data_dir=name, split=split)
+        splits = load_dataset("imagefolder", data_dir=name)
+        if split not in splits:
+            raise ValueError(
+                f"{name} has no {split!r} split (it has {sorted(splits)}; a folder of class sub-folders is one "
+                f"'train' split). Put those images in {os.path.join(name, split, '<class>')}/ and the others in "
+                f"{os.path.join(name, 'train', '<class>')}/, or name another split (--test_split / --train_split)."
+            )
+        dataset = splits[split]
     else:
         dataset = load_dataset(name, split=split)
     for column, wanted in ((image_column, "image"), (label_column, "label")):

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="vit_small", help="random-init architecture when --model is not given")
     parser.add_argument("--images", nargs="*", default=None,
                         help="image files (default: four photos bundled with scikit-image)")
-    parser.add_argument("--image-size", type=int, default=448, help="side of the centre crop, in pixels")
+    parser.add_argument("--image-size", "--image_size", type=int, default=448, help="side of the centre crop, in pixels")
     parser.add_argument("--threshold", type=float, default=0.5, help="foreground threshold on the scaled 1st component")
     parser.add_argument("--output", default="pca_features.png", help="PNG to write")
     return parser

@@ -5,7 +5,7 @@ import pytest
 
 from examples.data import (
     FASHION_MNIST_CLASSES, IGNORE_INDEX, build_fashion_segmentation, compose_segmentation_sample,
-    load_fashion_mnist, load_fashion_mnist_arrays,
+    load_fashion_mnist, load_fashion_mnist_arrays, load_image_dataset,
 )
 
 
@@ -69,3 +69,25 @@ def test_segmentation_set_is_consistent(fashion_mnist_dir):
     assert np.array_equal(np.array(again[0]["mask"]), np.array(dataset[0]["mask"]))
     train = build_fashion_segmentation("train", 1, canvas_size=64, seed=3)
     assert not np.array_equal(np.array(train[0]["image"]), np.array(dataset[0]["image"]))
+
+
+def write_class_folders(root, classes=("boot", "coat"), per_class=3):
+    from PIL import Image
+
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(np.full((8, 8), 40 * label + i, dtype=np.uint8)).save(root / name / f"{i}.png")
+
+
+def test_image_folder_datasets_and_a_missing_split(tmp_path):
+    write_class_folders(tmp_path / "flat")
+    train = load_image_dataset(str(tmp_path / "flat"), "train")
+    assert len(train) == 6 and sorted(set(train["label"])) == [0, 1]
+    with pytest.raises(ValueError, match=r"has no 'test' split \(it has \['train'\]; a folder of class sub-folders is one"):
+        load_image_dataset(str(tmp_path / "flat"), "test")
+
+    write_class_folders(tmp_path / "split" / "train")
+    write_class_folders(tmp_path / "split" / "test", per_class=2)
+    assert len(load_image_dataset(str(tmp_path / "split"), "train")) == 6
+    assert len(load_image_dataset(str(tmp_path / "split"), "test", limit=3)) == 3

@@ -45,6 +45,7 @@ def test_pca_example_writes_a_png(tmp_path):
     Dinov2Model(Dinov2Config(**tiny_config_kwargs())).save_pretrained(tmp_path / "model")
     output = tmp_path / "pca.png"
     assert pca_features.main(["--model", str(tmp_path / "model"), "--image-size", "56", "--output", str(output)]) == 0
+    assert pca_features.build_parser().parse_args(["--image_size", "56"]).image_size == 56  # both spellings
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
