@@ -276,6 +276,13 @@ class Dinov2ForSelfDistillation(PreTrainedModel):
                 f"global_crops must be (2B, C, H, W) with the two global crops of B images, got {tuple(global_crops.shape)}."
             )
         use_ibot = masks is not None
+        if use_ibot and masks.shape[-1] != self._num_patches(global_crops):
+            patch = config.backbone_config.patch_size
+            raise ValueError(
+                f"The iBOT masks hold {masks.shape[-1]} patches per global crop, but the backbone cuts the "
+                f"{tuple(global_crops.shape[-2:])} crops into {self._num_patches(global_crops)} patches of {patch} px: "
+                f"build the MultiCropCollator with patch_size={patch} (the model's backbone_config.patch_size)."
+            )
         if not use_ibot:
             mask_indices = torch.zeros(0, dtype=torch.long, device=global_crops.device)
         elif mask_indices is None:

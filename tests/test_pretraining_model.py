@@ -170,6 +170,11 @@ def test_forward_without_masks_or_local_crops():
     assert out.ibot_loss == 0 and torch.isfinite(out.loss)
     with pytest.raises(ValueError, match="2B"):
         model(global_crops=batch["global_crops"][:3])
+    # masks made for another patch size (a collator left at its default patch_size=14, say)
+    wrong = torch.zeros(batch["global_crops"].shape[0], 4 * N_PATCHES, dtype=torch.bool)
+    with pytest.raises(ValueError, match=rf"hold {4 * N_PATCHES} patches per global crop, but .* into {N_PATCHES} "
+                                         rf"patches of {PATCH} px: build the MultiCropCollator with patch_size={PATCH}"):
+        model(global_crops=batch["global_crops"], masks=wrong)
 
 
 def test_continued_pretraining_from_modeling_dinov2_and_stock_checkpoints(tmp_path):
