@@ -21,7 +21,7 @@ import torch
 import transformers
 
 from modeling_dinov2 import Dinov2Config, Dinov2Model
-from modeling_dinov2.hardware import bf16_is_native
+from modeling_dinov2.hardware import benchmark_precisions
 
 
 def matmul_peak_tflops(dtype: torch.dtype, repeats: int = 3) -> float:
@@ -88,14 +88,6 @@ def time_batch(model, pixel_values: torch.Tensor, bf16: bool) -> float:
         return time.perf_counter() - start
 
 
-def default_precisions() -> list[str]:
-    """fp32, plus bf16 where it is native: emulated bf16 (AVX2 CPUs) is slow enough to stall a benchmark."""
-    if bf16_is_native("cpu"):
-        return ["fp32", "bf16"]
-    print("bf16 skipped: this CPU has no AVX512-BF16 or AMX (pass --precisions fp32 bf16 to time the emulation)")
-    return ["fp32"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -109,15 +101,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    precisions = args.precisions or default_precisions()
+    precisions = args.precisions or benchmark_precisions("cpu")
 
     # size-based interpolation and LayerScale 1.0, as stock transformers, so both do the same arithmetic
     config = Dinov2Config.from_preset(args.arch, interpolate_offset=0.0, layerscale_value=1.0)
     models = build_models(config, args.image_size, args.compile)
     pixel_values = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
     flops = vit_flops_per_image(config, args.image_size)
-    peaks = {bf16: matmul_peak_tflops(torch.bfloat16 if bf16 else torch.float32)
-             for bf16 in (False, True) if ("bf16" if bf16 else "fp32") in precisions}
+    peaks = {name == "bf16": matmul_peak_tflops(torch.bfloat16 if name == "bf16" else torch.float32)
+             for name in ("fp32", "bf16") if name in precisions}  # {bf16?: TFLOP/s}
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads; "
           f"{args.arch} at {args.image_size}px, batch {args.batch_size}, {flops / 1e9:.2f} GFLOP/image")
     print("matmul peak (best GEMM): " + ", ".join(f"{'bf16' if bf16 else 'fp32'} {peak:.3f} TFLOP/s"

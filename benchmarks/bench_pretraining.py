@@ -209,11 +209,9 @@ def main() -> None:
         return
 
     if args.precisions is None:
-        from modeling_dinov2.hardware import bf16_is_native
+        from modeling_dinov2.hardware import benchmark_precisions
 
-        args.precisions = ["fp32", "bf16"] if bf16_is_native() else ["fp32"]
-        if "bf16" not in args.precisions:
-            print("bf16 skipped: this machine has no native bf16 (pass --precisions fp32 bf16 to time the emulation)")
+        args.precisions = benchmark_precisions()
     start_load = os.getloadavg()[0]
     results = []
     for name in args.configs:

@@ -26,3 +26,12 @@ def bf16_is_native(device: str | torch.device | None = None) -> bool:
     if torch.device(device).type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return cpu_supports_bf16()
+
+
+def benchmark_precisions(device: str | torch.device | None = None) -> list[str]:
+    """What the benchmarks time by default: fp32, and bf16 only where it is native (timing emulated bf16 on
+    an AVX2 CPU takes so long that it stalls the benchmark)."""
+    if bf16_is_native(device):
+        return ["fp32", "bf16"]
+    print("bf16 skipped: no native bf16 here (pass --precisions fp32 bf16 to time the emulation)")
+    return ["fp32"]

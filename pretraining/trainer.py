@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from modeling_dinov2.hardware import cpu_supports_bf16
 
@@ -286,7 +286,7 @@ class Dinov2PretrainingTrainer(Trainer):
         if outputs is not None:
             parts = ", ".join(f"{name}={float(getattr(outputs, name)):.4g}" for name in ("dino_loss", "ibot_loss", "koleo_loss"))
             parts = f" ({parts})"
-        last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+        last = last_complete_checkpoint(self.args.output_dir)
         where = f"The last good checkpoint is {last}." if last else "No checkpoint was written yet."
         raise NonFiniteLossError(
             f"Non-finite {what} at step {self.state.global_step}{parts}; training stopped before the optimizer step, "

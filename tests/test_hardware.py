@@ -25,6 +25,7 @@ def test_bf16_is_native_only_with_bf16_instructions(cpu):
     assert hardware.cpu_supports_bf16() is cpu
     assert hardware.bf16_is_native() is cpu
     assert hardware.bf16_is_native("cpu") is cpu
+    assert hardware.benchmark_precisions() == (["fp32", "bf16"] if cpu else ["fp32"])
 
 
 def test_older_torch_without_the_probes_means_no_native_bf16(monkeypatch):

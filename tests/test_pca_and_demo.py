@@ -115,7 +115,10 @@ def test_demo_resume_after_an_interruption_equals_the_uninterrupted_run(fashion_
     shutil.copytree(tmp_path / "straight", killed)
     for name in ("final", "backbone", "trainer_state.json"):
         path = killed / "pretrain" / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     (killed / "pretrain" / "checkpoint-6" / "pretraining_state.json").unlink()
     shutil.rmtree(killed / "model")
     checkpoint_weights = killed / "pretrain" / "checkpoint-3" / "model.safetensors"
