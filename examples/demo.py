@@ -5,10 +5,14 @@
 2. **Curate** (`curation.pipeline.curate`): grey-thumbnail embeddings (no trained network exists yet),
    de-duplication of the train split, decontamination against the test split (whole duplicate components,
    as the paper), hierarchical k-means and balanced sampling; removal log, report and cluster-size picture.
-3. **Pretrain** a small ViT by self-distillation with `dinov2-pretrain --preset tiny` on the curated set.
-4. **Evaluate** the teacher's frozen features on the test split: k-NN (official protocol: cosine, softmax
-   weights with T = 0.07) and a linear probe; the same ViT at random init and raw pixels as baselines.
-5. **Share**: a Hub-ready model folder (weights, code, image-processor config) whose model card carries the
+3. **Baselines**: the frozen features of the same ViT at random init and raw pixels, evaluated as in step 5;
+   evaluating them first also measures how long the trained ViT's evaluation will take.
+4. **Pretrain** a small ViT by self-distillation with `dinov2-pretrain --preset tiny` on the curated set, for as
+   many steps as fit in what is left of `--time-budget` (default 15 min for the whole command) once the
+   evaluation and the model folder are set aside; `--max-steps N` fixes the length instead.
+5. **Evaluate** the teacher's frozen features on the test split: k-NN (official protocol: cosine, softmax
+   weights with T = 0.07) and a linear probe.
+6. **Share**: a Hub-ready model folder (weights, code, image-processor config) whose model card carries the
    measured numbers, with a PCA picture of patch features and the loss curve.
 
     dinov2-demo                                  # the README's main command (outputs/demo)
@@ -29,14 +33,20 @@ from pathlib import Path
 
 import torch
 
-STEPS = ("data", "curate", "pretrain", "evaluate", "share")
+TRAINED = "DINOv2 (this run)"  # the results' name of the pretrained model
+STEPS = ("data", "curate", "baselines", "pretrain", "evaluate", "share")
 HUB_FASHION_MNIST = "zalando-datasets/fashion_mnist"
 RUN_FILE = "demo_run.json"  # the options that define a run's results, checked by --resume
-RUN_OPTIONS = ("quick", "train_limit", "test_limit", "max_steps", "curated_fraction", "dedup_threshold", "seed")
+RUN_OPTIONS = ("quick", "train_limit", "test_limit", "max_steps", "time_budget", "curated_fraction", "dedup_threshold",
+               "seed")
+SHARE_RESERVE_S = 20  # set aside for the pretraining process's start-up, the model folder, PCA picture and plots
+MIN_PRETRAINING_MINUTES = 1.0  # a budget used up before pretraining still pretrains this long
 RUN_FOLDERS = ("curated", "pretrain", "model")  # what a run writes in --output-dir
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pretraining.presets import PRESETS
+
     parser = argparse.ArgumentParser(prog="dinov2-demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="outputs/demo", help="where every step writes (default: %(default)s)")
@@ -44,15 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="toy size (2,000 train / 500 test images, 20 steps): checks the pipeline in about a minute")
     parser.add_argument("--train-limit", type=int, default=None, help="use only the first N train images")
     parser.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
-    parser.add_argument("--max-steps", type=int, default=None, help="pretraining steps (default: the tiny preset's)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="pretraining steps (default: as many as --time-budget allows)")
+    parser.add_argument("--time-budget", type=float, default=15.0,
+                        help="minutes for the whole command: pretraining gets what data, curation, the baselines and "
+                        "the evaluation leave (default: %(default)s; 0: the tiny preset's fixed "
+                        f"{PRESETS['tiny']['training']['max_steps']} steps)")
     parser.add_argument("--curated-fraction", type=float, default=0.8,
                         help="balanced sample kept after de-duplication (default: %(default)s)")
     parser.add_argument("--dedup-threshold", type=float, default=0.99,
                         help="pixel-correlation threshold for near-duplicates (default: %(default)s)")
-    from pretraining.presets import PRESETS
-
     parser.add_argument("--save-steps", type=int, default=None,
-                        help=f"checkpoint pretraining every N steps (default: the tiny preset's "
+                        help="checkpoint pretraining every N steps (default: the tiny preset's "
                         f"{PRESETS['tiny']['training']['save_steps']})")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --output-dir: keep its curated set and pretrain from "
@@ -164,11 +177,44 @@ def curate(train, test, output_dir: Path, args, reuse: bool = False) -> object:
 
 
 # ----------------------------------------------------------------------------------------------------
-# 3. pretrain
+# 3. baselines (and 5. evaluate)
 # ----------------------------------------------------------------------------------------------------
-def pretrain(dataset_dir: Path, output_dir: Path, args, resume: bool = False) -> Path:
+def tiny_backbone_config():
+    """The ViT that `dinov2-pretrain --preset tiny` trains (its config, before there are weights)."""
+    from pretraining.cli import DataArguments, ModelArguments, backbone_config
+    from pretraining.presets import preset
+
+    values = preset("tiny")
+    return backbone_config(ModelArguments(**values["model"]), DataArguments(**values["data"]))
+
+
+ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "mlp_ratio", "ffn_type", "patch_size",
+                     "image_size", "num_register_tokens", "layerscale_value")
+
+
+def evaluate_backbone(name: str, model, images: dict, labels: dict, seed: int) -> dict:
+    train_features, test_features = (backbone_features(model, images[s], labels[s]) for s in ("train", "test"))
+    result = evaluate(name, train_features, test_features, seed)
+    step = "evaluate" if name == TRAINED else "baselines"
+    log(step, f"{name}: k-NN@20 {100 * result['knn'][20]:.1f}%, linear {100 * result['linear']:.1f}%")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# 4. pretrain
+# ----------------------------------------------------------------------------------------------------
+def pretraining_minutes(time_budget: float, elapsed_s: float, evaluation_s: float) -> float:
+    """Minutes of pretraining that keep the whole command within `time_budget` minutes: what is left after
+    `elapsed_s`, the trained ViT's evaluation (`evaluation_s`: as long as the random-init ViT's) and
+    SHARE_RESERVE_S; at least MIN_PRETRAINING_MINUTES."""
+    return max((60 * time_budget - elapsed_s - evaluation_s - SHARE_RESERVE_S) / 60, MIN_PRETRAINING_MINUTES)
+
+
+def pretrain(dataset_dir: Path, output_dir: Path, args, resume: bool = False, budget_minutes: float | None = None) -> Path:
     """Run `dinov2-pretrain --preset tiny` in a child process (its own threads and memory); returns the backbone.
-    With `resume`, it continues from the last complete checkpoint in `output_dir`, or starts over there."""
+    With `resume`, it continues from the last complete checkpoint in `output_dir`, or starts over there. With
+    `budget_minutes`, the run trains as many steps as fit (`--time_budget_minutes`; a resumed run keeps the
+    step count its checkpoint planned)."""
     from pretraining.trainer import last_complete_checkpoint
 
     command = [sys.executable, "-m", "pretraining.cli", "--preset", "tiny", "--dataset_name", str(dataset_dir),
@@ -176,6 +222,8 @@ def pretrain(dataset_dir: Path, output_dir: Path, args, resume: bool = False) ->
                "--report_to", "none"]
     if args.max_steps:
         command += ["--max_steps", str(args.max_steps)]
+    elif budget_minutes:
+        command += ["--time_budget_minutes", f"{budget_minutes:.2f}"]
     if args.save_steps:
         command += ["--save_steps", str(args.save_steps)]
     checkpoint = last_complete_checkpoint(str(output_dir)) if resume else None
@@ -191,6 +239,12 @@ def pretrain(dataset_dir: Path, output_dir: Path, args, resume: bool = False) ->
     if subprocess.run(command, env=environment).returncode != 0:
         raise SystemExit("dinov2-demo: pretraining failed (see its output above).")
     return output_dir / "backbone"
+
+
+def trained_steps(pretrain_dir: Path) -> int | None:
+    """The optimizer steps the finished pretraining run took (its trainer_state.json)."""
+    path = pretrain_dir / "trainer_state.json"
+    return json.loads(path.read_text())["global_step"] if path.is_file() else None
 
 
 def pretraining_precision() -> str:
@@ -235,9 +289,6 @@ def plot_losses(history: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-# ----------------------------------------------------------------------------------------------------
-# 4. evaluate
-# ----------------------------------------------------------------------------------------------------
 def evaluate(name: str, train_features, test_features, seed: int) -> dict:
     """k-NN (k = 10, 20, 100, 200) on the last CLS and the linear probe grid of DINOv2's protocol (last 1 or 4
     blocks' CLS, with or without the mean patch token, lr sweep; chosen on 10% of the train split): test top-1."""
@@ -287,7 +338,7 @@ def backbone_features(model, images: torch.Tensor, labels: torch.Tensor, batch_s
 
 
 # ----------------------------------------------------------------------------------------------------
-# 5. share
+# 6. share
 # ----------------------------------------------------------------------------------------------------
 def results_table(results: dict) -> str:
     rows = ["| features | k-NN k=10 | k=20 | k=100 | k=200 | linear |", "|---|---|---|---|---|---|"]
@@ -308,7 +359,7 @@ def write_model_folder(backbone_dir: Path, model_dir: Path, results: dict, curat
     config = Dinov2Config.from_pretrained(model_dir)
     # AutoImageProcessor gives what was evaluated here: the images at their own 28 px, no crop margin
     write_preprocessor_config(model_dir, overwrite=True, crop_size=config.image_size, resize_size=config.image_size)
-    pretrained = results["DINOv2 (this run)"]
+    pretrained = results[TRAINED]
     metrics = {f"Fashion-MNIST test k-NN top-1 (k={k})": round(100 * v, 2) for k, v in pretrained["knn"].items()}
     metrics["Fashion-MNIST test linear-probe top-1"] = round(100 * pretrained["linear"], 2)
     sections = {
@@ -343,8 +394,10 @@ def pca_figure(model, test, image_size: int, path: Path) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from examples.features import pixel_features
-    from modeling_dinov2 import Dinov2Config, Dinov2Model
+    from modeling_dinov2 import Dinov2Model
 
+    if args.time_budget < 0:
+        raise SystemExit(f"dinov2-demo: --time-budget must be >= 0 minutes (0: a fixed step count), got {args.time_budget}.")
     start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -363,29 +416,49 @@ def run(args: argparse.Namespace) -> dict:
     curated = curate(train, test, out / "curated", args, reuse=resume)
     timings["curate"] = time.perf_counter() - start - sum(timings.values())
 
-    backbone_dir = pretrain(out / "curated" / "dataset", out / "pretrain", args, resume=resume)
+    config = tiny_backbone_config()
+    images = {"train": as_uint8_images(train), "test": as_uint8_images(test)}
+    labels = {"train": torch.tensor(train["label"]), "test": torch.tensor(test["label"])}
+    if images["train"].shape[-1] != config.image_size:
+        raise SystemExit(f"dinov2-demo: the tiny preset trains at {config.image_size} px, the images are "
+                         f"{images['train'].shape[-1]} px.")
+    torch.manual_seed(args.seed)
+    random_init = Dinov2Model(config).eval()
+    evaluation_start = time.perf_counter()
+    baselines = {"same ViT, random init": evaluate_backbone("same ViT, random init", random_init, images, labels,
+                                                            args.seed)}
+    evaluation_s = time.perf_counter() - evaluation_start  # what the trained ViT's evaluation will take
+    baselines["raw pixels"] = evaluate("raw pixels", pixel_features(train), pixel_features(test), args.seed)
+    log("baselines", f"raw pixels: k-NN@20 {100 * baselines['raw pixels']['knn'][20]:.1f}%, "
+        f"linear {100 * baselines['raw pixels']['linear']:.1f}%")
+    timings["baselines"] = time.perf_counter() - start - sum(timings.values())
+
+    budget_minutes = None
+    if not args.max_steps and args.time_budget:
+        elapsed = time.perf_counter() - start
+        budget_minutes = pretraining_minutes(args.time_budget, elapsed, evaluation_s)
+        log("pretrain", f"--time-budget {args.time_budget:g} min: {elapsed / 60:.1f} used, {evaluation_s / 60:.1f} "
+            f"for the evaluation and {SHARE_RESERVE_S} s for the model folder -> {budget_minutes:.1f} min of "
+            "pretraining" + (" (the minimum: the command will overrun the budget)"
+                             if budget_minutes == MIN_PRETRAINING_MINUTES else ""))
+    backbone_dir = pretrain(out / "curated" / "dataset", out / "pretrain", args, resume=resume,
+                            budget_minutes=budget_minutes)
     timings["pretrain"] = time.perf_counter() - start - sum(timings.values())
 
     trained = Dinov2Model.from_pretrained(backbone_dir).eval()
-    image_size = trained.config.image_size
-    torch.manual_seed(args.seed)
-    random_init = Dinov2Model(Dinov2Config.from_pretrained(backbone_dir)).eval()
-    results = {}
-    images = {"train": as_uint8_images(train), "test": as_uint8_images(test)}
-    labels = {"train": torch.tensor(train["label"]), "test": torch.tensor(test["label"])}
-    if images["train"].shape[-1] != image_size:
-        raise SystemExit(f"dinov2-demo: the model was trained at {image_size} px, the images are "
-                         f"{images['train'].shape[-1]} px.")
-    for name, model in (("DINOv2 (this run)", trained), ("same ViT, random init", random_init)):
-        train_features, test_features = (backbone_features(model, images[s], labels[s]) for s in ("train", "test"))
-        results[name] = evaluate(name, train_features, test_features, args.seed)
-        log("evaluate", f"{name}: k-NN@20 {100 * results[name]['knn'][20]:.1f}%, linear {100 * results[name]['linear']:.1f}%")
-    results["raw pixels"] = evaluate("raw pixels", pixel_features(train), pixel_features(test), args.seed)
+    changed = [key for key in ARCHITECTURE_KEYS if getattr(trained.config, key) != getattr(config, key)]
+    if changed:
+        raise SystemExit(f"dinov2-demo: the pretrained ViT differs from the tiny preset's in {', '.join(changed)}; "
+                         "the random-init baseline would not be the same architecture.")
+    image_size = config.image_size
+    results = {TRAINED: evaluate_backbone(TRAINED, trained, images, labels, args.seed), **baselines}
     timings["evaluate"] = time.perf_counter() - start - sum(timings.values())
 
     model_dir = out / "model"
+    steps = trained_steps(out / "pretrain")
     recipe = (f"`dinov2-pretrain --preset tiny` on {len(curated.dataset):,} curated images"
-              + (f", {args.max_steps} steps" if args.max_steps else "")
+              + (f", {steps} step{'s' if steps != 1 else ''}" if steps else "")
+              + (f" (as many as fit in the demo's {args.time_budget:g}-minute budget)" if budget_minutes else "")
               + f", {pretraining_precision()}; see `pretraining/presets.py`.")
     write_model_folder(backbone_dir, model_dir, results, curated.report, recipe)
     pca_figure(trained, test, image_size, model_dir / "pca_features.png")

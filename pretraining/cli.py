@@ -7,6 +7,7 @@
     dinov2-pretrain --preset vit_small --distill_from runs/vitl/final --output_dir runs/distilled
     dinov2-pretrain --output_dir runs/tiny --resume_from_checkpoint last                # after a crash
     dinov2-pretrain --output_dir runs/tiny --overwrite_output_dir true                  # start that run over
+    dinov2-pretrain --output_dir runs/tiny --time_budget_minutes 10                     # as many steps as fit
 
 Every option of `transformers.TrainingArguments` works too (run with --help).
 """
@@ -18,6 +19,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, set_seed
@@ -418,6 +420,7 @@ def prepare_output_dir(training_args: Dinov2PretrainingArguments) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started_at = time.monotonic()  # --time_budget_minutes counts from here
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     export_args, model_args, data_args, training_args = parse_args(argv)
     try:
@@ -433,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(model_args, data_args)
         dataset, collator = build_data(data_args, model.config.backbone_config.patch_size, training_args.seed)
         trainer = Dinov2PretrainingTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
-        trainer.train(resume_from_checkpoint=resume)
+        trainer.train(resume_from_checkpoint=resume, budget_started_at=started_at)
         trainer.save_state()  # trainer_state.json (the log history: loss curves) in the output dir
         final_dir = os.path.join(training_args.output_dir, "final")
         trainer.save_model(final_dir)  # student + teacher + heads + centers: continue or distil from here

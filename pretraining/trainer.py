@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -109,6 +110,13 @@ class Dinov2PretrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Every student parameter is used in every step, so DDP needs no search."}
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every N optimizer steps."})
+    time_budget_minutes: float | None = field(
+        default=None,
+        metadata={"help": "Train for as many steps as fit in this many minutes, counted from the start of training "
+                  "(from the start of the process with dinov2-pretrain): a few steps of a throwaway copy of the run "
+                  "are timed first, and the result replaces --max_steps (pretraining/budget.py). A resumed run "
+                  "keeps its checkpoint's max_steps."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Delete an earlier run in --output_dir (its checkpoints, final, backbone, trainer_state.json) "
@@ -130,6 +138,8 @@ class Dinov2PretrainingArguments(TrainingArguments):
             raise ValueError("remove_unused_columns=True would drop the image column; DINOv2 pretraining needs False.")
         if self.epoch_length is not None and self.epoch_length < 1:
             raise ValueError(f"epoch_length must be >= 1, got {self.epoch_length}.")
+        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
+            raise ValueError(f"time_budget_minutes must be positive, got {self.time_budget_minutes}.")
 
 
 def _has_accelerator() -> bool:
@@ -197,6 +207,7 @@ class Dinov2PretrainingTrainer(Trainer):
         self.skipped_images = SkippedImages()
         self._metric_sums: dict[str, float] = {}
         self._metric_count = 0
+        self.budget: dict | None = None  # what --time_budget_minutes chose, for the logs and the model card
 
     # ------------------------------------------------------------------ data
     def _get_train_sampler(self, train_dataset=None):
@@ -335,13 +346,17 @@ class Dinov2PretrainingTrainer(Trainer):
         with open(os.path.join(folder, STATE_FILE), "w") as f:
             json.dump(state, f, indent=2)
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+    def train(self, resume_from_checkpoint: str | bool | None = None, budget_started_at: float | None = None, **kwargs):
         """`Trainer.train`; `resume_from_checkpoint=True` picks the newest *complete* checkpoint (a run killed
-        while saving leaves an incomplete folder behind, which is skipped)."""
+        while saving leaves an incomplete folder behind, which is skipped). With `args.time_budget_minutes`,
+        the budget counts from `budget_started_at` (`time.monotonic()`; default: now)."""
+        started_at = time.monotonic() if budget_started_at is None else budget_started_at
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
+        if self.args.time_budget_minutes is not None:
+            self._apply_time_budget(resume_from_checkpoint, started_at)
         if resume_from_checkpoint:
             state_file = os.path.join(resume_from_checkpoint, STATE_FILE)
             if os.path.exists(state_file):
@@ -353,6 +368,23 @@ class Dinov2PretrainingTrainer(Trainer):
         output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
         self.report_skipped_images()
         return output
+
+    def _apply_time_budget(self, checkpoint: str | None, started_at: float) -> None:
+        """Set `args.max_steps` from the time budget; a resumed run continues its checkpoint's plan."""
+        from .budget import budgeted_max_steps
+
+        minutes = self.args.time_budget_minutes
+        if checkpoint:
+            self.args.max_steps = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME)).max_steps
+            self.budget = {"minutes": minutes, "max_steps": self.args.max_steps, "from": checkpoint}
+            logger.info("time budget: resuming %s, which planned %d steps", checkpoint, self.args.max_steps)
+            return
+        self.args.max_steps, seconds_per_step = budgeted_max_steps(self, minutes, started_at)
+        self.budget = {"minutes": minutes, "max_steps": self.args.max_steps, "seconds_per_step": seconds_per_step}
+        warmup = self.build_schedule(self.args.max_steps).warmup_steps
+        if self.args.max_steps <= warmup:
+            warnings.warn(f"time_budget_minutes={minutes} leaves room for {self.args.max_steps} steps, no more than "
+                          f"the {warmup} warm-up steps: the run will end before the learning rate peaks.", stacklevel=3)
 
     def _finished_state(self, checkpoint: str) -> TrainerState | None:
         """The checkpoint's TrainerState when it already reached --max_steps (Trainer.train would still run one
@@ -426,6 +458,10 @@ def recipe_from_trainer(trainer: Dinov2PretrainingTrainer) -> dict:
         "drop path": model.config.backbone_config.drop_path_rate,
         "seed": args.seed,
     }
+    if trainer.budget is not None:
+        recipe["time budget"] = f"{trainer.budget['minutes']:g} min -> {trainer.budget['max_steps']} steps" + (
+            f" ({trainer.budget['seconds_per_step']:.3f} s per step measured)" if "seconds_per_step" in trainer.budget
+            else "")
     if schedule is not None:
         recipe.update({
             "peak learning rate": schedule.base_lr,

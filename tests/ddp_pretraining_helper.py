@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--koleo_distributed", action="store_true")
     parser.add_argument("--per_sample_masks", action="store_true")
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--time_budget_minutes", type=float, default=None)
     parser.add_argument("--sinkhorn", action="store_true", help="the ViT-L/g variant: Sinkhorn-Knopp, separate iBOT head")
     options = parser.parse_args()
 
@@ -130,6 +131,7 @@ def main() -> None:
         seed=0,
         use_cpu=True,
         bf16=options.bf16,
+        time_budget_minutes=options.time_budget_minutes,
     )
     trainer = Dinov2PretrainingTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     if options.pause_after_save:
@@ -144,6 +146,8 @@ def main() -> None:
         "log_history": trainer.state.log_history,
         "world_size": trainer.args.world_size,
         "global_step": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "budget": trainer.budget,
     }
     torch.save(result, os.path.join(options.output_dir, f"result_rank{rank}.pt"))
     end_distributed()

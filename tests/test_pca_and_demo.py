@@ -1,5 +1,6 @@
 """The PCA feature picture and the README's main job (the demo)."""
 
+import json
 import os
 
 import numpy as np
@@ -68,9 +69,18 @@ def test_fast_demo_features_equal_the_example_feature_extractor(fashion_mnist_di
     assert fast.labels.equal(reference.labels)
 
 
-def test_demo_runs_end_to_end_at_toy_size(fashion_mnist_dir, tmp_path, capsys):
+def test_pretraining_minutes_hand_values():
+    # 15 min: 2 used, 1 for the evaluation, 20 s for the model folder -> (900 - 120 - 60 - 20) / 60
+    assert demo.pretraining_minutes(15, elapsed_s=120, evaluation_s=60) == pytest.approx(700 / 60)
+    assert demo.pretraining_minutes(1, elapsed_s=100, evaluation_s=10) == demo.MIN_PRETRAINING_MINUTES
+
+
+def test_demo_runs_end_to_end_at_toy_size(fashion_mnist_dir, tmp_path, capsys, monkeypatch):
+    """The default path: the pretraining length comes from --time-budget (here used up by the toy run's data,
+    curation and baselines, so pretraining gets the minimum, shrunk for the test to ~1 s: one step)."""
+    monkeypatch.setattr(demo, "MIN_PRETRAINING_MINUTES", 0.02)
     out = demo.run(demo.build_parser().parse_args(
-        ["--output-dir", str(tmp_path), "--train-limit", "600", "--test-limit", "200", "--max-steps", "3"]))
+        ["--output-dir", str(tmp_path), "--train-limit", "600", "--test-limit", "200", "--time-budget", "0.01"]))
     report = out["curated"].report
     assert len(out["curated"].dataset) < 600  # balanced sampling kept a fraction
     model_dir = out["model_dir"]
@@ -78,7 +88,11 @@ def test_demo_runs_end_to_end_at_toy_size(fashion_mnist_dir, tmp_path, capsys):
     assert "pipeline_tag: image-feature-extraction" in card and "Fashion-MNIST test k-NN top-1 (k=20)" in card
     from modeling_dinov2.hardware import bf16_is_native
 
-    assert ("3 steps, bf16 autocast;" if bf16_is_native() else "3 steps, fp32;") in card  # the precision it ran in
+    state = json.loads((tmp_path / "pretrain" / "trainer_state.json").read_text())
+    assert state["global_step"] == state["max_steps"] >= 1  # the step count the budget chose, all trained
+    steps = f"{state['global_step']} step{'s' if state['global_step'] != 1 else ''}"
+    recipe = f"{steps} (as many as fit in the demo's 0.01-minute budget), "
+    assert recipe + ("bf16 autocast;" if bf16_is_native() else "fp32;") in card  # the precision it ran in
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "modeling_dinov2.py",
                  "pca_features.png", "loss_curve.png", "demo_results.json"):
         assert (model_dir / name).is_file(), name
@@ -95,7 +109,9 @@ def test_demo_runs_end_to_end_at_toy_size(fashion_mnist_dir, tmp_path, capsys):
     assert set(results) == {"DINOv2 (this run)", "same ViT, random init", "raw pixels"}
     assert results["raw pixels"]["knn"][20] > 0.6  # raw-pixel k-NN on 600 Fashion-MNIST images: ~0.7
     printed = capsys.readouterr().out
-    assert "| raw pixels |" in printed and "[5/5 share]" in printed and report
+    assert "| raw pixels |" in printed and "[6/6 share]" in printed and report
+    assert "--time-budget 0.01 min:" in printed and "(the minimum: the command will overrun the budget)" in printed
+    assert "--time_budget_minutes 0.02" in printed
 
 
 def demo_args(out, *extra):

@@ -63,3 +63,14 @@ def test_two_ranks_match_one_rank_with_twice_the_batch(tmp_path, variant):
     for center in ("dino_center", "ibot_center"):
         if single[center] is not None:  # Sinkhorn-Knopp has no center
             torch.testing.assert_close(rank0[center], single[center], rtol=1e-5, atol=1e-7)
+
+
+def test_a_time_budget_gives_every_rank_the_same_step_count(tmp_path):
+    """Each rank times its own steps; all must then train the same number of steps (else DDP would hang)."""
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", HELPER,
+          "--output_dir", str(tmp_path), "--batch_size", "4", "--num_images", "32", "--time_budget_minutes", "0.1"])
+    rank0, rank1 = torch.load(tmp_path / "result_rank0.pt"), torch.load(tmp_path / "result_rank1.pt")
+    assert rank0["budget"] == rank1["budget"] and rank0["budget"]["seconds_per_step"] > 0
+    assert rank0["global_step"] == rank1["global_step"] == rank0["max_steps"] == rank0["budget"]["max_steps"]
+    for key, value in rank0["teacher"].items():
+        assert torch.equal(rank1["teacher"][key], value), key

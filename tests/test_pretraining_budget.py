@@ -1,0 +1,97 @@
+"""--time_budget_minutes: the step count from a measured step time (hand-computed), a calibration that leaves the
+run bit-identical to one given that step count directly, and a resumed run that keeps its checkpoint's plan."""
+
+import time
+
+import pytest
+import torch
+
+from ddp_pretraining_helper import GLOBAL, LOCAL, PATCH, synthetic_images, tiny_model
+from pretraining import budget
+from pretraining.augmentations import MultiCropAugmentation
+from pretraining.collate import MultiCropCollator
+from pretraining.data import MultiCropDataset
+from pretraining.trainer import Dinov2PretrainingArguments, Dinov2PretrainingTrainer, recipe_from_trainer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def make_trainer(tmp_path, **overrides) -> Dinov2PretrainingTrainer:
+    torch.manual_seed(0)
+    values = dict(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=5, logging_steps=1, save_strategy="no",
+        report_to="none", disable_tqdm=True, use_cpu=True, learning_rate=5e-3, scale_lr_with_batch_size=False,
+        warmup_steps=1, epoch_length=2, warmup_teacher_temp_epochs=1,
+    )
+    values.update(overrides)
+    dataset = MultiCropDataset(synthetic_images(16), MultiCropAugmentation(GLOBAL, LOCAL, 2, blur_kernel_size=3))
+    return Dinov2PretrainingTrainer(
+        model=tiny_model(), args=Dinov2PretrainingArguments(**values), train_dataset=dataset,
+        data_collator=MultiCropCollator(patch_size=PATCH, global_crops_size=GLOBAL),
+    )
+
+
+def weights(trainer) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in trainer.model.state_dict().items()}
+
+
+def test_steps_within_hand_values():
+    assert budget.steps_within(60, 0.5) == 116  # floor(0.97 * 60 / 0.5) = floor(116.4)
+    assert budget.steps_within(10, 0.1, safety=1.0) == 100
+    assert budget.steps_within(-5, 1.0) == 1  # the budget is used up: still one step
+    with pytest.raises(ValueError, match="seconds_per_step"):
+        budget.steps_within(10, 0.0)
+
+
+def test_budget_turns_the_measured_step_time_into_max_steps(tmp_path, monkeypatch):
+    monkeypatch.setattr(budget, "measure_seconds_per_step", lambda trainer: 0.5)
+    trainer = make_trainer(tmp_path, time_budget_minutes=1.0)
+    trainer._apply_time_budget(None, started_at=time.monotonic() - 30)  # 30 s of the 60 already used
+    # left = 60 - 30 - (a few ms) -> floor(0.97 * 29.99... / 0.5) = 58
+    assert trainer.args.max_steps == 58
+    assert trainer.budget == {"minutes": 1.0, "max_steps": 58, "seconds_per_step": 0.5}
+    with pytest.warns(UserWarning, match="warm-up"):  # a budget used up before training: 1 step, warned
+        trainer._apply_time_budget(None, started_at=time.monotonic() - 120)
+    assert trainer.args.max_steps == 1
+
+
+def test_calibration_leaves_the_run_unchanged(tmp_path, monkeypatch, capsys):
+    """A budgeted run that lands on 5 steps equals a run told --max_steps 5: the timed copy touches nothing
+    (and prints nothing: its logs would read as the run's)."""
+    straight = make_trainer(tmp_path / "straight")
+    straight.train()
+    monkeypatch.setattr(budget, "steps_within", lambda seconds_left, seconds_per_step: 5)
+    budgeted = make_trainer(tmp_path / "budgeted", max_steps=1000, time_budget_minutes=5.0)
+    capsys.readouterr()
+    budgeted.train()
+    assert capsys.readouterr().out.count("train_runtime") == 1  # the run's summary, not the calibration's
+    assert budgeted.state.global_step == budgeted.state.max_steps == 5
+    assert budgeted.budget["seconds_per_step"] > 0
+    assert recipe_from_trainer(budgeted)["time budget"].startswith("5 min -> 5 steps (")
+    expected, got = weights(straight), weights(budgeted)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    assert not list((tmp_path / "budgeted").glob("dinov2-calibration-*"))
+
+
+def test_a_resumed_budget_run_keeps_its_checkpoint_plan(tmp_path, monkeypatch):
+    straight = make_trainer(tmp_path / "run", max_steps=6, save_strategy="steps", save_steps=3)
+    straight.train()
+
+    def no_calibration(trainer):
+        raise AssertionError("a resumed run must not be re-planned")
+
+    monkeypatch.setattr(budget, "measure_seconds_per_step", no_calibration)
+    resumed = make_trainer(tmp_path / "run", max_steps=1000, time_budget_minutes=0.01)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-3"))
+    assert resumed.state.global_step == 6 and resumed.args.max_steps == 6
+    assert resumed.budget["from"].endswith("checkpoint-3")
+    expected, got = weights(straight), weights(resumed)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_time_budget_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="time_budget_minutes must be positive"):
+        Dinov2PretrainingArguments(output_dir=str(tmp_path), time_budget_minutes=0, use_cpu=True)
