@@ -92,8 +92,15 @@ def _images(config_name: str, count: int):
 
 def run_one(config_name: str, precision: str, mode: str, steps: int, warmup: int, threads: int,
             workers: int | None) -> dict:
-    """Runs inside the child process: build, train `warmup + steps` steps, report."""
+    """Runs inside the child process: build, train `warmup + steps` steps, report. With the environment
+    variable DINOV2_BENCH_MALLOC=reuse, `reuse_freed_memory()` first (`benchmarks/bench_allocator.py`)."""
     sys.path.insert(0, REPO)
+    malloc = os.environ.get("DINOV2_BENCH_MALLOC", "default")
+    if malloc == "reuse":
+        from modeling_dinov2.hardware import reuse_freed_memory
+
+        if not reuse_freed_memory():
+            raise SystemExit("reuse_freed_memory() is not available here (Linux with glibc only).")
     import torch
 
     torch.set_num_threads(threads)
@@ -130,17 +137,19 @@ def run_one(config_name: str, precision: str, mode: str, steps: int, warmup: int
 
         dataset, collator = Crops(), MultiCropCollator(patch_size=patch, global_crops_size=g)
 
-    step_ends = []
+    step_ends, step_faults = [], []
 
     class Timer(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             step_ends.append(time.perf_counter())
+            step_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
     trainer = Dinov2PretrainingTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator,
                                        callbacks=[Timer()])
     trainer.train()
     seconds = (step_ends[-1] - step_ends[warmup - 1]) / steps
     return {
+        "malloc": malloc, "minor_page_faults_per_step": (step_faults[-1] - step_faults[warmup - 1]) / steps,
         "config": config_name, "label": config["label"], "precision": precision, "mode": mode, "data": data_name,
         "batch": batch, "crops": f"2x{g} + {n_local}x{l}", "threads": threads,
         "workers": training_args.dataloader_num_workers, "augmentation": type(collator.batch_transform).__name__

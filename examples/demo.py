@@ -475,7 +475,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from modeling_dinov2.hardware import reuse_freed_memory
+
     args = build_parser().parse_args(argv)
+    reuse_freed_memory()  # the evaluation's feature extraction allocates as pretraining does (hardware.py)
     try:
         run(args)
     except KeyboardInterrupt:
