@@ -48,8 +48,8 @@ def reuse_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <
 
     By default glibc serves large allocations (from 128 KiB, rising with use) with mmap and gives them back
     on free, and trims the heap top beyond 128 KiB; PyTorch's CPU allocator is plain malloc, so every fresh
-    activation of a few MiB is then page-faulted in again. A `tiny` pretraining step took ~6,000 minor page
-    faults this way and ~150 with this setting, which made it ~1.1-1.2x faster on a 2-core VM
+    activation of a few MiB is then page-faulted in again. A `tiny` pretraining step took ~7,600 minor page
+    faults this way and ~1,100 with this setting: 1.4x the images/s on a 2-core VM
     (`benchmarks/bench_allocator.py`). Allocations below `mmap_threshold` (glibc's maximum: 32 MiB) come
     from the heap, and up to `trim_threshold` bytes of freed heap are kept. It affects the whole process,
     so only entry points call it (`dinov2-pretrain`, `dinov2-demo`). A no-op off Linux/glibc.
