@@ -193,11 +193,13 @@ ARCHITECTURE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", 
 
 
 def evaluate_backbone(name: str, model, images: dict, labels: dict, seed: int) -> dict:
+    """`evaluate` on the frozen features of `model` for the train and test images."""
     train_features, test_features = (backbone_features(model, images[s], labels[s]) for s in ("train", "test"))
-    result = evaluate(name, train_features, test_features, seed)
-    step = "evaluate" if name == TRAINED else "baselines"
+    return evaluate(name, train_features, test_features, seed)
+
+
+def log_result(step: str, name: str, result: dict) -> None:
     log(step, f"{name}: k-NN@20 {100 * result['knn'][20]:.1f}%, linear {100 * result['linear']:.1f}%")
-    return result
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -429,8 +431,8 @@ def run(args: argparse.Namespace) -> dict:
                                                             args.seed)}
     evaluation_s = time.perf_counter() - evaluation_start  # what the trained ViT's evaluation will take
     baselines["raw pixels"] = evaluate("raw pixels", pixel_features(train), pixel_features(test), args.seed)
-    log("baselines", f"raw pixels: k-NN@20 {100 * baselines['raw pixels']['knn'][20]:.1f}%, "
-        f"linear {100 * baselines['raw pixels']['linear']:.1f}%")
+    for name, result in baselines.items():
+        log_result("baselines", name, result)
     timings["baselines"] = time.perf_counter() - start - sum(timings.values())
 
     budget_minutes = None
@@ -452,6 +454,7 @@ def run(args: argparse.Namespace) -> dict:
                          "the random-init baseline would not be the same architecture.")
     image_size = config.image_size
     results = {TRAINED: evaluate_backbone(TRAINED, trained, images, labels, args.seed), **baselines}
+    log_result("evaluate", TRAINED, results[TRAINED])
     timings["evaluate"] = time.perf_counter() - start - sum(timings.values())
 
     model_dir = out / "model"
