@@ -11,6 +11,15 @@ steps after its first epoch do), and
 where `elapsed` counts everything before training (setup and the calibration itself) and `seconds_per_step`
 is the mean of the timed steps. The copy does not touch the run: the model is deep-copied, the random
 states are restored, and the data's randomness comes from per-sample seeds.
+
+A shared machine can be slower during the run than during the calibration (other tenants, checkpoint saves).
+`DeadlineCallback` then keeps the run inside its budget: every `CHECKS`-th of the plan it projects the end from
+the run's own mean step time and, when that end falls after the deadline, shortens the run to
+
+    max_steps = step + steps_within(deadline - now, mean_seconds_per_step),
+
+rebuilding the schedules for the new length (the cosine curves end at the new last step). It never lengthens a
+run: the Trainer fixed its epoch count at the start, and finishing early is within the budget.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import math
 import random
 import tempfile
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,6 +44,8 @@ logger = logging.getLogger(__name__)
 CALIBRATION_WARMUP = 5  # untimed steps: first-call allocations, image decoding, DataLoader start-up
 CALIBRATION_STEPS = 30  # timed steps
 SAFETY = 0.97  # what the timed steps do not see: decoding in the first epoch, checkpoint saves, the export
+CHECKS = 20  # DeadlineCallback re-projects the end of the run 20 times over the plan
+SHORTEN_BELOW = 0.99  # ... and shortens it only when fewer than 99% of the remaining steps fit
 
 
 def steps_within(seconds_left: float, seconds_per_step: float, safety: float = SAFETY) -> int:
@@ -104,3 +116,61 @@ def budgeted_max_steps(trainer: Trainer, budget_minutes: float, started_at: floa
     logger.info("time budget %.1f min: %.1f s used before training, %.4f s per step (%d timed steps) -> "
                 "max_steps %d", budget_minutes, elapsed, seconds_per_step, CALIBRATION_STEPS, max_steps)
     return max_steps, seconds_per_step
+
+
+def _all_ranks_max(values: list[float], device) -> list[float]:
+    """Element-wise MAX over the ranks of a multi-process run (the values themselves otherwise)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    figures = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(figures, op=dist.ReduceOp.MAX)
+    return figures.tolist()
+
+
+class DeadlineCallback(TrainerCallback):
+    """Shorten a budgeted run that the machine made slower than its calibration, so it still ends by `deadline`
+    (`clock()` time, default `time.monotonic`). See the module docstring for the rule; every rank decides
+    from the slowest rank's figures, so all train the same number of steps. Each change is logged, recorded
+    in `trainer.budget["shortened"]` as (step, old max_steps, new max_steps), and kept by checkpoints
+    (`TrainerState.max_steps`), so a resumed run continues the shortened plan."""
+
+    def __init__(self, trainer: Trainer, deadline: float, clock: Callable[[], float] = time.monotonic):
+        self.trainer, self.deadline, self.clock = trainer, deadline, clock
+        self.start_time = self.start_step = self.check_every = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_time, self.start_step = self.clock(), state.global_step
+        self.check_every = max(state.max_steps // CHECKS, 1)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        steps_done = state.global_step - self.start_step
+        if steps_done <= 0 or steps_done % self.check_every or state.global_step >= state.max_steps:
+            return
+        now = self.clock()
+        seconds_per_step, overdue = _all_ranks_max([(now - self.start_time) / steps_done, now - self.deadline],
+                                                   args.device)
+        fits = steps_within(-overdue, seconds_per_step) if overdue < 0 else 0
+        remaining = state.max_steps - state.global_step
+        if fits >= SHORTEN_BELOW * remaining:
+            return
+        self.shorten(state, state.global_step + max(fits, 1), seconds_per_step)
+
+    def shorten(self, state, max_steps: int, seconds_per_step: float) -> None:
+        """Make `max_steps` the run's last step: the Trainer's state, the arguments, the schedules, the bar."""
+        trainer = self.trainer
+        logger.warning("time budget: %.4f s per step so far (calibrated %.4f): shortening the run from %d to %d "
+                       "steps at step %d to end by the deadline", seconds_per_step,
+                       (trainer.budget or {}).get("seconds_per_step", float("nan")), state.max_steps, max_steps,
+                       state.global_step)
+        if trainer.budget is not None:
+            trainer.budget.setdefault("shortened", []).append((state.global_step, state.max_steps, max_steps))
+            trainer.budget["max_steps"] = max_steps
+        state.max_steps = trainer.args.max_steps = max_steps
+        trainer.schedule = trainer.build_schedule(max_steps)
+        if hasattr(trainer.lr_scheduler, "schedule"):  # RecipeScheduler
+            trainer.lr_scheduler.schedule = trainer.schedule
+        for callback in trainer.callback_handler.callbacks:
+            bar = getattr(callback, "training_bar", None)
+            if isinstance(callback, ProgressCallback) and bar is not None:
+                bar.total = max_steps
+                bar.refresh()

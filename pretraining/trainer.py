@@ -114,8 +114,8 @@ class Dinov2PretrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Train for as many steps as fit in this many minutes, counted from the start of training "
                   "(from the start of the process with dinov2-pretrain): a few steps of a throwaway copy of the run "
-                  "are timed first, and the result replaces --max_steps (pretraining/budget.py). A resumed run "
-                  "keeps its checkpoint's max_steps."},
+                  "are timed first, and the result replaces --max_steps (pretraining/budget.py); a run that turns out "
+                  "slower is shortened to end in time. A resumed run keeps its checkpoint's max_steps."},
     )
     overwrite_output_dir: bool = field(
         default=False,
@@ -371,7 +371,7 @@ class Dinov2PretrainingTrainer(Trainer):
 
     def _apply_time_budget(self, checkpoint: str | None, started_at: float) -> None:
         """Set `args.max_steps` from the time budget; a resumed run continues its checkpoint's plan."""
-        from .budget import budgeted_max_steps
+        from .budget import DeadlineCallback, budgeted_max_steps
 
         minutes = self.args.time_budget_minutes
         if checkpoint:
@@ -381,6 +381,10 @@ class Dinov2PretrainingTrainer(Trainer):
             return
         self.args.max_steps, seconds_per_step = budgeted_max_steps(self, minutes, started_at)
         self.budget = {"minutes": minutes, "max_steps": self.args.max_steps, "seconds_per_step": seconds_per_step}
+        for callback in list(self.callback_handler.callbacks):  # a second train() keeps one deadline
+            if isinstance(callback, DeadlineCallback):
+                self.remove_callback(callback)
+        self.add_callback(DeadlineCallback(self, deadline=started_at + 60 * minutes))
         warmup = self.build_schedule(self.args.max_steps).warmup_steps
         if self.args.max_steps <= warmup:
             warnings.warn(f"time_budget_minutes={minutes} leaves room for {self.args.max_steps} steps, no more than "
@@ -459,9 +463,13 @@ def recipe_from_trainer(trainer: Dinov2PretrainingTrainer) -> dict:
         "seed": args.seed,
     }
     if trainer.budget is not None:
-        recipe["time budget"] = f"{trainer.budget['minutes']:g} min -> {trainer.budget['max_steps']} steps" + (
-            f" ({trainer.budget['seconds_per_step']:.3f} s per step measured)" if "seconds_per_step" in trainer.budget
-            else "")
+        budget = trainer.budget
+        notes = [f"{budget['seconds_per_step']:.3f} s per step measured"] if "seconds_per_step" in budget else []
+        if budget.get("shortened"):
+            step, planned, _ = budget["shortened"][0]
+            notes.append(f"shortened from {planned} at step {step}: the run was slower than measured")
+        recipe["time budget"] = f"{budget['minutes']:g} min -> {budget['max_steps']} steps" + (
+            f" ({'; '.join(notes)})" if notes else "")
     if schedule is not None:
         recipe.update({
             "peak learning rate": schedule.base_lr,

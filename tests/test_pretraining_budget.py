@@ -1,10 +1,12 @@
 """--time_budget_minutes: the step count from a measured step time (hand-computed), a calibration that leaves the
-run bit-identical to one given that step count directly, and a resumed run that keeps its checkpoint's plan."""
+run bit-identical to one given that step count directly, a resumed run that keeps its checkpoint's plan, and a
+run slower than its calibration that is shortened to end by the deadline."""
 
 import time
 
 import pytest
 import torch
+from transformers import TrainerCallback, TrainerControl, TrainerState
 
 from ddp_pretraining_helper import GLOBAL, LOCAL, PATCH, synthetic_images, tiny_model
 from pretraining import budget
@@ -95,3 +97,53 @@ def test_a_resumed_budget_run_keeps_its_checkpoint_plan(tmp_path, monkeypatch):
 def test_time_budget_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="time_budget_minutes must be positive"):
         Dinov2PretrainingArguments(output_dir=str(tmp_path), time_budget_minutes=0, use_cpu=True)
+
+
+def test_deadline_shortens_a_run_that_is_slower_than_planned(tmp_path):
+    """Hand values: 100 planned steps, deadline at 100 s, a check every 100 // 20 = 5 steps."""
+    trainer = make_trainer(tmp_path, max_steps=100)
+    trainer.create_optimizer()
+    trainer.create_scheduler(100)
+    trainer.budget = {"minutes": 100 / 60, "max_steps": 100, "seconds_per_step": 0.9}
+    now = [0.0]
+    deadline = budget.DeadlineCallback(trainer, deadline=100.0, clock=lambda: now[0])
+    state, control = TrainerState(max_steps=100, global_step=0), TrainerControl()
+    deadline.on_train_begin(trainer.args, state, control)
+
+    def run_to(step: int, seconds_per_step: float) -> None:
+        while state.global_step < step:
+            state.global_step += 1
+            now[0] += seconds_per_step
+            deadline.on_step_end(trainer.args, state, control)
+
+    run_to(5, 0.9)  # on plan: floor(0.97 * 95.5 / 0.9) = 102 of the 95 steps left fit
+    assert state.max_steps == 100 and "shortened" not in trainer.budget
+    now[0], state.global_step = 0.0, 0  # the same run again, now at 2 s per step
+    deadline.on_train_begin(trainer.args, state, control)
+    run_to(5, 2.0)  # 2 s per step: floor(0.97 * (100 - 10) / 2.0) = 43 steps fit -> 5 + 43
+    assert state.max_steps == trainer.args.max_steps == trainer.budget["max_steps"] == 48
+    assert trainer.schedule.total_steps == trainer.lr_scheduler.schedule.total_steps == 48
+    assert trainer.budget["shortened"] == [(5, 100, 48)]
+    run_to(10, 2.0)  # still 2 s per step: floor(0.97 * 80 / 2) = 38 = the 38 steps left, no change
+    assert state.max_steps == 48
+    assert "shortened from 100 at step 5" in recipe_from_trainer(trainer)["time budget"]
+    now[0] = 150.0  # past the deadline at the next check (step 15): stop after one more step
+    run_to(15, 0.0)
+    assert state.max_steps == 16 and trainer.budget["shortened"][-1] == (15, 48, 16)
+
+
+def test_a_run_slower_than_its_calibration_still_ends_in_its_budget(tmp_path):
+    """Every step of the run (not of the calibration) sleeps 50 ms: the deadline shortens the run."""
+    class Slow(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            time.sleep(0.05)
+
+    minutes = 0.05
+    trainer = make_trainer(tmp_path, max_steps=1000, time_budget_minutes=minutes, logging_steps=1000)
+    trainer.add_callback(Slow())
+    started = time.monotonic()
+    trainer.train(budget_started_at=started)
+    elapsed = time.monotonic() - started
+    step, planned, _ = trainer.budget["shortened"][0]
+    assert trainer.state.global_step == trainer.state.max_steps == trainer.budget["max_steps"] < planned
+    assert elapsed < 60 * minutes + 1.0, f"the run took {elapsed:.1f} s of a {60 * minutes:.0f}-s budget"
