@@ -368,8 +368,8 @@ def write_model_folder(backbone_dir: Path, model_dir: Path, results: dict, curat
         "Evaluation": "Frozen teacher features (final-normed CLS), Fashion-MNIST test split (10,000 images), "
         "k-NN bank and linear-probe training set: the train split. k-NN: cosine similarity, softmax(s / 0.07) "
         "weights over the top 200 (DINOv2's protocol), on the last block's CLS. Linear: DINOv2's probe grid (CLS "
-        "of the last 1 or 4 blocks, with or without the mean patch token, an lr sweep), chosen on 10% of the train "
-        "split. Accuracy in %:\n\n" + results_table(results) + "\n\n![PCA of patch features]"
+        "of the last 1 or 4 blocks, with or without the mean patch token, standardized, an lr sweep), chosen on 10% "
+        "of the train split. Accuracy in %:\n\n" + results_table(results) + "\n\n![PCA of patch features]"
         "(pca_features.png)\n\n![loss curve](loss_curve.png)",
         "Training data": "Fashion-MNIST train split curated with `curation` (pixel-thumbnail de-duplication, "
         "decontamination against the test split, hierarchical k-means balanced sampling):\n\n```json\n"

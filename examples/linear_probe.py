@@ -9,7 +9,10 @@ accuracy on the test split is reported.
 
 Differences from the original, for CPU budgets: features are extracted once with the eval transform
 (no RandomResizedCrop/flip augmentation while training the classifier), and training runs a few epochs
-over the features instead of 12,500 iterations; the default lr grid therefore reaches higher.
+over the features instead of 12,500 iterations; the default lr grid therefore reaches higher. To converge
+in those few epochs, the features are standardized with the training split's per-dimension mean and
+standard deviation (as MAE's BatchNorm without affine before its linear probe); that map is folded into the
+returned classifier, which therefore takes the raw features and is still one linear layer.
 
 Usage:
     python examples/linear_probe.py --model facebook/dinov2-small              # online
@@ -146,6 +149,22 @@ def train_linear_classifiers(
     return classifiers
 
 
+def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension (mean, std) of (N, D) features; a constant dimension gets std 1 (it stays constant)."""
+    mean, std = features.mean(0), features.std(0)
+    return mean, torch.where(std > 1e-6 * std.max().clamp_min(1e-12), std, torch.ones_like(std))
+
+
+@torch.no_grad()
+def fold_standardization(classifier: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> nn.Linear:
+    """The classifier of raw features x equal to `classifier` of (x - mean) / std:
+    W' = W / std, b' = b - W' mean."""
+    folded = nn.Linear(classifier.in_features, classifier.out_features)
+    folded.weight.copy_(classifier.weight / std)
+    folded.bias.copy_(classifier.bias - folded.weight @ mean)
+    return folded
+
+
 @torch.no_grad()
 def classifier_accuracy(classifier: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> dict[int, float]:
     """{1: top-1, 5: top-5} accuracy of `classifier` on (features, labels)."""
@@ -165,18 +184,25 @@ def linear_probe(
     batch_size: int = 128,
     seed: int = 0,
     name: str = "",
+    standardize: bool = True,
 ) -> LinearProbeResult:
     """Train a sweep of linear classifiers on (N, D) features; pick the lr with the best validation top-1.
 
+    With `standardize`, SGD sees (x - mean) / std with the training features' statistics, and each
+    classifier is returned with that map folded in (`fold_standardization`): it takes raw features.
     Returns the chosen classifier with its validation accuracy, the validation accuracy of every lr and,
     if a test split is given, the chosen classifier's test top-1 / top-5.
     """
     train_labels, val_labels = torch.as_tensor(train_labels).long(), torch.as_tensor(val_labels).long()
     if num_classes is None:
         num_classes = int(max(train_labels.max(), val_labels.max())) + 1
-    classifiers = train_linear_classifiers(
-        train_features.float(), train_labels, num_classes, lrs, epochs, batch_size, seed
-    )
+    train_features = train_features.float()
+    if standardize:
+        mean, std = feature_statistics(train_features)
+        train_features = (train_features - mean) / std
+    classifiers = train_linear_classifiers(train_features, train_labels, num_classes, lrs, epochs, batch_size, seed)
+    if standardize:
+        classifiers = [fold_standardization(classifier, mean, std) for classifier in classifiers]
     val_top1 = {lr: classifier_accuracy(c, val_features, val_labels)[1] for lr, c in zip(lrs, classifiers)}
     best = max(range(len(lrs)), key=lambda i: val_top1[lrs[i]])  # ties: the smaller lr (first in the grid)
     result = LinearProbeResult(lrs[best], val_top1[lrs[best]], classifiers[best], val_top1, name=name)
@@ -248,6 +274,10 @@ class ProbeArguments:
     )
     lrs: list[float] = field(default_factory=lambda: list(DEFAULT_LRS), metadata={"help": "Base learning rates."})
     epochs: int = field(default=10, metadata={"help": "Passes over the training features."})
+    standardize: bool = field(
+        default=True, metadata={"help": "Train on features standardized with the training split's statistics "
+                                "(folded into the classifier afterwards)."}
+    )
     probe_batch_size: int = field(default=128, metadata={"help": "Mini-batch size of the classifier training."})
     val_fraction: float = field(default=0.1, metadata={"help": "Training images held out to choose the classifier."})
     seed: int = field(default=0, metadata={"help": "Seed of the split, the init and the shuffling."})
@@ -273,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> LinearProbeResult:
     best, results = linear_probe_grid(
         train, val, test, n_last_blocks, avgpool,
         num_classes=len(train_all.class_names) or None, lrs=probe_args.lrs, epochs=probe_args.epochs,
-        batch_size=probe_args.probe_batch_size, seed=probe_args.seed,
+        batch_size=probe_args.probe_batch_size, seed=probe_args.seed, standardize=probe_args.standardize,
     )
     print(f"Linear probe ({source}; {len(train)} train / {len(val)} val -> {len(test)} test)")
     print(f"{'input':<26} {'best lr':>8} {'val top-1':>10} {'test top-1':>11} {'test top-5':>11}")

@@ -14,12 +14,14 @@ states are restored, and the data's randomness comes from per-sample seeds.
 
 A shared machine can be slower during the run than during the calibration (other tenants, checkpoint saves).
 `DeadlineCallback` then keeps the run inside its budget: every `CHECKS`-th of the plan it projects the end from
-the run's own mean step time and, when that end falls after the deadline, shortens the run to
+the run's own mean step time (since its first epoch) and re-plans the run to
 
-    max_steps = step + steps_within(deadline - now, mean_seconds_per_step),
+    max_steps = min(step + steps_within(deadline - now, mean_seconds_per_step), calibrated max_steps)
 
-rebuilding the schedules for the new length (the cosine curves end at the new last step). It never lengthens a
-run: the Trainer fixed its epoch count at the start, and finishing early is within the budget.
+when that differs from the current plan by more than `REPLAN_TOLERANCE` of the steps left, rebuilding the
+schedules for the new length (the cosine curves end at the new last step). So a run shortened while the
+machine was slow gets steps back when it speeds up again, but never more than the calibration planned: the
+Trainer sized its epoch loop for that.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ CALIBRATION_WARMUP = 5  # untimed steps: first-call allocations, image decoding,
 CALIBRATION_STEPS = 30  # timed steps
 SAFETY = 0.97  # what the timed steps do not see: decoding in the first epoch, checkpoint saves, the export
 CHECKS = 20  # DeadlineCallback re-projects the end of the run 20 times over the plan
-SHORTEN_BELOW = 0.99  # ... and shortens it only when fewer than 99% of the remaining steps fit
+REPLAN_TOLERANCE = 0.01  # ... and re-plans only when the steps that fit differ from the steps left by more
 
 
 def steps_within(seconds_left: float, seconds_per_step: float, safety: float = SAFETY) -> int:
@@ -128,42 +130,55 @@ def _all_ranks_max(values: list[float], device) -> list[float]:
 
 
 class DeadlineCallback(TrainerCallback):
-    """Shorten a budgeted run that the machine made slower than its calibration, so it still ends by `deadline`
-    (`clock()` time, default `time.monotonic`). See the module docstring for the rule; every rank decides
-    from the slowest rank's figures, so all train the same number of steps. Each change is logged, recorded
-    in `trainer.budget["shortened"]` as (step, old max_steps, new max_steps), and kept by checkpoints
-    (`TrainerState.max_steps`), so a resumed run continues the shortened plan."""
+    """Re-plan a budgeted run whose machine turned slower (or faster again) than its calibration, so it still
+    ends by `deadline` (`clock()` time, default `time.monotonic`). The step time is the run's mean since it settled: after
+    `settle_steps` (default: one epoch or a quarter of the plan, whichever is shorter), as the first epoch also
+    decodes the images that the later ones read from the cache (`SAFETY` covers that). Then every
+    `max_steps // CHECKS` steps the rule of the module docstring applies; every rank decides from the slowest
+    rank's figures, so all train the same number of steps. Each change is logged, recorded in
+    `trainer.budget["replanned"]` as (step, old max_steps, new max_steps), and kept by checkpoints
+    (`TrainerState.max_steps`), so a resumed run continues the new plan."""
 
-    def __init__(self, trainer: Trainer, deadline: float, clock: Callable[[], float] = time.monotonic):
-        self.trainer, self.deadline, self.clock = trainer, deadline, clock
-        self.start_time = self.start_step = self.check_every = None
+    def __init__(self, trainer: Trainer, deadline: float, clock: Callable[[], float] = time.monotonic,
+                 settle_steps: int | None = None):
+        self.trainer, self.deadline, self.clock, self.settle_steps = trainer, deadline, clock, settle_steps
+        self.settled_step = self.settled_time = self.check_every = self.planned_steps = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.start_time, self.start_step = self.clock(), state.global_step
+        settle = self.settle_steps
+        if settle is None:
+            settle = min(self.trainer.steps_per_epoch(), state.max_steps // 4)
+        self.settled_step, self.settled_time = state.global_step + settle, None
+        if settle == 0:
+            self.settled_time = self.clock()
         self.check_every = max(state.max_steps // CHECKS, 1)
+        self.planned_steps = state.max_steps
 
     def on_step_end(self, args, state, control, **kwargs):
-        steps_done = state.global_step - self.start_step
-        if steps_done <= 0 or steps_done % self.check_every or state.global_step >= state.max_steps:
+        if state.global_step == self.settled_step and self.settled_time is None:
+            self.settled_time = self.clock()
+            return
+        steps = state.global_step - self.settled_step
+        if self.settled_time is None or steps <= 0 or steps % self.check_every or state.global_step >= state.max_steps:
             return
         now = self.clock()
-        seconds_per_step, overdue = _all_ranks_max([(now - self.start_time) / steps_done, now - self.deadline],
+        seconds_per_step, overdue = _all_ranks_max([(now - self.settled_time) / steps, now - self.deadline],
                                                    args.device)
         fits = steps_within(-overdue, seconds_per_step) if overdue < 0 else 0
-        remaining = state.max_steps - state.global_step
-        if fits >= SHORTEN_BELOW * remaining:
+        target = min(state.global_step + max(fits, 1), self.planned_steps)
+        if abs(target - state.max_steps) <= REPLAN_TOLERANCE * (state.max_steps - state.global_step):
             return
-        self.shorten(state, state.global_step + max(fits, 1), seconds_per_step)
+        self.replan(state, target, seconds_per_step)
 
-    def shorten(self, state, max_steps: int, seconds_per_step: float) -> None:
+    def replan(self, state, max_steps: int, seconds_per_step: float) -> None:
         """Make `max_steps` the run's last step: the Trainer's state, the arguments, the schedules, the bar."""
         trainer = self.trainer
-        logger.warning("time budget: %.4f s per step so far (calibrated %.4f): shortening the run from %d to %d "
-                       "steps at step %d to end by the deadline", seconds_per_step,
+        logger.warning("time budget: %.4f s per step since the first epoch (calibrated %.4f): re-planning the run "
+                       "from %d to %d steps at step %d to end by the deadline", seconds_per_step,
                        (trainer.budget or {}).get("seconds_per_step", float("nan")), state.max_steps, max_steps,
                        state.global_step)
         if trainer.budget is not None:
-            trainer.budget.setdefault("shortened", []).append((state.global_step, state.max_steps, max_steps))
+            trainer.budget.setdefault("replanned", []).append((state.global_step, state.max_steps, max_steps))
             trainer.budget["max_steps"] = max_steps
         state.max_steps = trainer.args.max_steps = max_steps
         trainer.schedule = trainer.build_schedule(max_steps)

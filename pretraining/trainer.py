@@ -115,7 +115,7 @@ class Dinov2PretrainingArguments(TrainingArguments):
         metadata={"help": "Train for as many steps as fit in this many minutes, counted from the start of training "
                   "(from the start of the process with dinov2-pretrain): a few steps of a throwaway copy of the run "
                   "are timed first, and the result replaces --max_steps (pretraining/budget.py); a run that turns out "
-                  "slower is shortened to end in time. A resumed run keeps its checkpoint's max_steps."},
+                  "slower is re-planned to end in time. A resumed run keeps its checkpoint's max_steps."},
     )
     overwrite_output_dir: bool = field(
         default=False,
@@ -465,9 +465,8 @@ def recipe_from_trainer(trainer: Dinov2PretrainingTrainer) -> dict:
     if trainer.budget is not None:
         budget = trainer.budget
         notes = [f"{budget['seconds_per_step']:.3f} s per step measured"] if "seconds_per_step" in budget else []
-        if budget.get("shortened"):
-            step, planned, _ = budget["shortened"][0]
-            notes.append(f"shortened from {planned} at step {step}: the run was slower than measured")
+        for step, old, new in budget.get("replanned", []):  # DeadlineCallback: the machine's speed changed
+            notes.append(f"re-planned {old} -> {new} at step {step}")
         recipe["time budget"] = f"{budget['minutes']:g} min -> {budget['max_steps']} steps" + (
             f" ({'; '.join(notes)})" if notes else "")
     if schedule is not None:

@@ -8,8 +8,8 @@ import torch
 
 from examples.features import Features
 from examples.linear_probe import (
-    classifier_accuracy, linear_probe, linear_probe_grid, main, probe_inputs, split_train_val,
-    train_linear_classifiers,
+    classifier_accuracy, feature_statistics, fold_standardization, linear_probe, linear_probe_grid, main,
+    probe_inputs, split_train_val, train_linear_classifiers,
 )
 
 
@@ -83,6 +83,37 @@ def test_linear_probe_learns_and_selects_on_validation():
     assert result.val_top1 == pytest.approx(classifier_accuracy(result.classifier, val_x, val_y)[1])
     assert result.test_top1 == pytest.approx(classifier_accuracy(result.classifier, test_x, test_y)[1])
     assert result.test_top1 > 0.95
+
+
+def test_standardization_folds_into_one_linear_layer():
+    classifier = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        classifier.weight.copy_(torch.tensor([[2.0, 3.0]]))
+        classifier.bias.copy_(torch.tensor([1.0]))
+    mean, std = torch.tensor([1.0, -2.0]), torch.tensor([2.0, 0.5])
+    folded = fold_standardization(classifier, mean, std)
+    # W' = W / std = [1, 6]; b' = b - W' mean = 1 - (1 - 12) = 12; x = [3, 0]: (x - mean) / std = [1, 4] -> 15
+    assert torch.equal(folded.weight, torch.tensor([[1.0, 6.0]])) and torch.equal(folded.bias, torch.tensor([12.0]))
+    assert folded(torch.tensor([3.0, 0.0])).item() == classifier(torch.tensor([1.0, 4.0])).item() == 15.0
+    # a constant dimension keeps std 1 (no division by zero); the others are the sample statistics
+    x = torch.tensor([[1.0, 5.0], [3.0, 5.0]])
+    mean, std = feature_statistics(x)
+    assert torch.equal(mean, torch.tensor([2.0, 5.0])) and torch.allclose(std, torch.tensor([2**0.5, 1.0]))
+
+
+def test_standardized_probe_converges_on_badly_scaled_features():
+    """The class signal sits in dimensions 100x smaller than a noise dimension: in 3 epochs SGD on the raw
+    features cannot use it at any lr of the grid, SGD on standardized features can; the returned classifier
+    takes the raw features."""
+    def scaled(x):
+        return torch.cat([100 * torch.randn(len(x), 1, generator=torch.Generator().manual_seed(len(x))), x / 100], 1)
+
+    (train_x, train_y), (val_x, val_y) = gaussian_blobs(100, seed=0), gaussian_blobs(30, seed=1)
+    kwargs = dict(lrs=(0.01, 0.1, 1.0), epochs=3, batch_size=32)
+    raw = linear_probe(scaled(train_x), train_y, scaled(val_x), val_y, standardize=False, **kwargs)
+    standardized = linear_probe(scaled(train_x), train_y, scaled(val_x), val_y, **kwargs)
+    assert standardized.val_top1 > 0.95 > raw.val_top1 + 0.2
+    assert standardized.val_top1 == pytest.approx(classifier_accuracy(standardized.classifier, scaled(val_x), val_y)[1])
 
 
 def test_split_and_grid():

@@ -1,6 +1,6 @@
 """--time_budget_minutes: the step count from a measured step time (hand-computed), a calibration that leaves the
 run bit-identical to one given that step count directly, a resumed run that keeps its checkpoint's plan, and a
-run slower than its calibration that is shortened to end by the deadline."""
+run slower than its calibration that is re-planned to end by the deadline."""
 
 import time
 
@@ -99,14 +99,14 @@ def test_time_budget_must_be_positive(tmp_path):
         Dinov2PretrainingArguments(output_dir=str(tmp_path), time_budget_minutes=0, use_cpu=True)
 
 
-def test_deadline_shortens_a_run_that_is_slower_than_planned(tmp_path):
+def test_deadline_replans_a_run_slower_or_faster_than_planned(tmp_path):
     """Hand values: 100 planned steps, deadline at 100 s, a check every 100 // 20 = 5 steps."""
     trainer = make_trainer(tmp_path, max_steps=100)
     trainer.create_optimizer()
     trainer.create_scheduler(100)
     trainer.budget = {"minutes": 100 / 60, "max_steps": 100, "seconds_per_step": 0.9}
     now = [0.0]
-    deadline = budget.DeadlineCallback(trainer, deadline=100.0, clock=lambda: now[0])
+    deadline = budget.DeadlineCallback(trainer, deadline=100.0, clock=lambda: now[0], settle_steps=0)
     state, control = TrainerState(max_steps=100, global_step=0), TrainerControl()
     deadline.on_train_begin(trainer.args, state, control)
 
@@ -117,19 +117,41 @@ def test_deadline_shortens_a_run_that_is_slower_than_planned(tmp_path):
             deadline.on_step_end(trainer.args, state, control)
 
     run_to(5, 0.9)  # on plan: floor(0.97 * 95.5 / 0.9) = 102 of the 95 steps left fit
-    assert state.max_steps == 100 and "shortened" not in trainer.budget
+    assert state.max_steps == 100 and "replanned" not in trainer.budget
     now[0], state.global_step = 0.0, 0  # the same run again, now at 2 s per step
     deadline.on_train_begin(trainer.args, state, control)
     run_to(5, 2.0)  # 2 s per step: floor(0.97 * (100 - 10) / 2.0) = 43 steps fit -> 5 + 43
     assert state.max_steps == trainer.args.max_steps == trainer.budget["max_steps"] == 48
     assert trainer.schedule.total_steps == trainer.lr_scheduler.schedule.total_steps == 48
-    assert trainer.budget["shortened"] == [(5, 100, 48)]
+    assert trainer.budget["replanned"] == [(5, 100, 48)]
     run_to(10, 2.0)  # still 2 s per step: floor(0.97 * 80 / 2) = 38 = the 38 steps left, no change
     assert state.max_steps == 48
-    assert "shortened from 100 at step 5" in recipe_from_trainer(trainer)["time budget"]
-    now[0] = 150.0  # past the deadline at the next check (step 15): stop after one more step
-    run_to(15, 0.0)
-    assert state.max_steps == 16 and trainer.budget["shortened"][-1] == (15, 48, 16)
+    assert "re-planned 100 -> 48 at step 5" in recipe_from_trainer(trainer)["time budget"]
+    run_to(15, 0.5)  # faster again: 22.5 s / 15 steps = 1.5 s per step, floor(0.97 * 77.5 / 1.5) = 50 -> 15 + 50
+    assert state.max_steps == trainer.schedule.total_steps == 65 and trainer.budget["replanned"][-1] == (15, 48, 65)
+    now[0] = 150.0  # past the deadline at the next check (step 20): stop after one more step
+    run_to(20, 0.0)
+    assert state.max_steps == 21 and trainer.budget["replanned"][-1] == (20, 65, 21)
+
+
+def test_deadline_times_the_run_from_the_end_of_its_first_epoch(tmp_path):
+    """The first epoch also decodes the images: its slow steps count in the elapsed time, not in the step time."""
+    trainer = make_trainer(tmp_path, max_steps=100)  # 16 images, batch 4: 4 steps per epoch
+    trainer.create_optimizer()
+    trainer.create_scheduler(100)
+    trainer.budget = {"minutes": 100 / 60, "max_steps": 100, "seconds_per_step": 0.9}
+    now = [0.0]
+    deadline = budget.DeadlineCallback(trainer, deadline=100.0, clock=lambda: now[0])
+    state, control = TrainerState(max_steps=100, global_step=0), TrainerControl()
+    deadline.on_train_begin(trainer.args, state, control)
+    assert deadline.settled_step == 4  # min(one epoch, a quarter of the plan)
+    for step, seconds in [(s, 2.0) for s in range(1, 5)] + [(s, 0.9) for s in range(5, 10)]:
+        state.global_step = step
+        now[0] += seconds
+        deadline.on_step_end(trainer.args, state, control)
+    # at step 9: 0.9 s per step since step 4 (not the 1.3 of the mean since 0); floor(0.97 * (100 - 12.5) / 0.9)
+    # = 94 steps fit, more than the 91 left, but never more than the calibration's 100: no change
+    assert state.max_steps == 100 and "replanned" not in trainer.budget
 
 
 def test_a_run_slower_than_its_calibration_still_ends_in_its_budget(tmp_path):
@@ -144,6 +166,6 @@ def test_a_run_slower_than_its_calibration_still_ends_in_its_budget(tmp_path):
     started = time.monotonic()
     trainer.train(budget_started_at=started)
     elapsed = time.monotonic() - started
-    step, planned, _ = trainer.budget["shortened"][0]
+    step, planned, _ = trainer.budget["replanned"][0]
     assert trainer.state.global_step == trainer.state.max_steps == trainer.budget["max_steps"] < planned
     assert elapsed < 60 * minutes + 1.0, f"the run took {elapsed:.1f} s of a {60 * minutes:.0f}-s budget"
