@@ -131,9 +131,9 @@ def _all_ranks_max(values: list[float], device) -> list[float]:
 
 class DeadlineCallback(TrainerCallback):
     """Re-plan a budgeted run whose machine turned slower (or faster again) than its calibration, so it still
-    ends by `deadline` (`clock()` time, default `time.monotonic`). The step time is the run's mean since it settled: after
-    `settle_steps` (default: one epoch or a quarter of the plan, whichever is shorter), as the first epoch also
-    decodes the images that the later ones read from the cache (`SAFETY` covers that). Then every
+    ends by `deadline` (`clock()` time, default `time.monotonic`). The step time is the run's mean since it
+    settled, after `settle_steps` (default: one epoch or a quarter of the plan, whichever is shorter), as the
+    first epoch also decodes the images that the later ones read from the cache (`SAFETY` covers that). Then every
     `max_steps // CHECKS` steps the rule of the module docstring applies; every rank decides from the slowest
     rank's figures, so all train the same number of steps. Each change is logged, recorded in
     `trainer.budget["replanned"]` as (step, old max_steps, new max_steps), and kept by checkpoints
