@@ -465,8 +465,11 @@ def recipe_from_trainer(trainer: Dinov2PretrainingTrainer) -> dict:
     if trainer.budget is not None:
         budget = trainer.budget
         notes = [f"{budget['seconds_per_step']:.3f} s per step measured"] if "seconds_per_step" in budget else []
-        for step, old, new in budget.get("replanned", []):  # DeadlineCallback: the machine's speed changed
-            notes.append(f"re-planned {old} -> {new} at step {step}")
+        replans = budget.get("replanned", [])  # DeadlineCallback: the machine's speed changed during the run
+        if replans:
+            steps = f"step {replans[0][0]}" if len(replans) == 1 else f"steps {replans[0][0]}-{replans[-1][0]}"
+            plans = " -> ".join(str(plan) for plan in [replans[0][1]] + [new for _, _, new in replans])
+            notes.append(f"re-planned at {steps}: {plans}")
         recipe["time budget"] = f"{budget['minutes']:g} min -> {budget['max_steps']} steps" + (
             f" ({'; '.join(notes)})" if notes else "")
     if schedule is not None:

@@ -126,12 +126,14 @@ def test_deadline_replans_a_run_slower_or_faster_than_planned(tmp_path):
     assert trainer.budget["replanned"] == [(5, 100, 48)]
     run_to(10, 2.0)  # still 2 s per step: floor(0.97 * 80 / 2) = 38 = the 38 steps left, no change
     assert state.max_steps == 48
-    assert "re-planned 100 -> 48 at step 5" in recipe_from_trainer(trainer)["time budget"]
+    assert "re-planned at step 5: 100 -> 48" in recipe_from_trainer(trainer)["time budget"]
     run_to(15, 0.5)  # faster again: 22.5 s / 15 steps = 1.5 s per step, floor(0.97 * 77.5 / 1.5) = 50 -> 15 + 50
     assert state.max_steps == trainer.schedule.total_steps == 65 and trainer.budget["replanned"][-1] == (15, 48, 65)
     now[0] = 150.0  # past the deadline at the next check (step 20): stop after one more step
     run_to(20, 0.0)
     assert state.max_steps == 21 and trainer.budget["replanned"][-1] == (20, 65, 21)
+    assert recipe_from_trainer(trainer)["time budget"] == (
+        "1.66667 min -> 21 steps (0.900 s per step measured; re-planned at steps 5-20: 100 -> 48 -> 65 -> 21)")
 
 
 def test_deadline_times_the_run_from_the_end_of_its_first_epoch(tmp_path):

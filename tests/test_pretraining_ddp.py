@@ -66,7 +66,8 @@ def test_two_ranks_match_one_rank_with_twice_the_batch(tmp_path, variant):
 
 
 def test_a_time_budget_gives_every_rank_the_same_step_count(tmp_path):
-    """Each rank times its own steps; all must then train the same number of steps (else DDP would hang)."""
+    """Each rank times its own steps; all must then train the same number of steps (else DDP would hang), also
+    after the deadline's re-plans (`budget["replanned"]`, decided from the slowest rank's step time)."""
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", HELPER,
           "--output_dir", str(tmp_path), "--batch_size", "4", "--num_images", "32", "--time_budget_minutes", "0.1"])
     rank0, rank1 = torch.load(tmp_path / "result_rank0.pt"), torch.load(tmp_path / "result_rank1.pt")
