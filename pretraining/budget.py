@@ -100,27 +100,7 @@ def measure_seconds_per_step(trainer: Trainer, warmup: int = CALIBRATION_WARMUP,
     return (clock.times[-1] - clock.times[warmup - 1]) / steps
 
 
-def budgeted_max_steps(trainer: Trainer, budget_minutes: float, started_at: float) -> tuple[int, float]:
-    """(max_steps, seconds_per_step) for a run that must end `budget_minutes` after `started_at`
-    (`time.monotonic()`). In a multi-process run every rank measures and all decide from the slowest rank's
-    figures, so every rank trains the same number of steps."""
-    if budget_minutes <= 0:
-        raise ValueError(f"time_budget_minutes must be positive, got {budget_minutes}.")
-    seconds_per_step = measure_seconds_per_step(trainer)
-    elapsed = time.monotonic() - started_at
-    figures = torch.tensor([seconds_per_step, elapsed], dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
-        figures = figures.to(trainer.args.device)
-        dist.all_reduce(figures, op=dist.ReduceOp.MAX)
-    seconds_per_step, elapsed = figures.tolist()
-    left = budget_minutes * 60 - elapsed
-    max_steps = steps_within(left, seconds_per_step)
-    logger.info("time budget %.1f min: %.1f s used before training, %.4f s per step (%d timed steps) -> "
-                "max_steps %d", budget_minutes, elapsed, seconds_per_step, CALIBRATION_STEPS, max_steps)
-    return max_steps, seconds_per_step
-
-
-def _all_ranks_max(values: list[float], device) -> list[float]:
+def all_ranks_max(values: list[float], device) -> list[float]:
     """Element-wise MAX over the ranks of a multi-process run (the values themselves otherwise)."""
     if not (dist.is_available() and dist.is_initialized()):
         return values
@@ -129,12 +109,28 @@ def _all_ranks_max(values: list[float], device) -> list[float]:
     return figures.tolist()
 
 
+def budgeted_max_steps(trainer: Trainer, budget_minutes: float, started_at: float) -> tuple[int, float]:
+    """(max_steps, seconds_per_step) for a run that must end `budget_minutes` after `started_at`
+    (`time.monotonic()`). In a multi-process run every rank measures and all decide from the slowest rank's
+    figures, so every rank trains the same number of steps."""
+    if budget_minutes <= 0:
+        raise ValueError(f"time_budget_minutes must be positive, got {budget_minutes}.")
+    seconds_per_step = measure_seconds_per_step(trainer)
+    elapsed = time.monotonic() - started_at
+    seconds_per_step, elapsed = all_ranks_max([seconds_per_step, elapsed], trainer.args.device)
+    left = budget_minutes * 60 - elapsed
+    max_steps = steps_within(left, seconds_per_step)
+    logger.info("time budget %.1f min: %.1f s used before training, %.4f s per step (%d timed steps) -> "
+                "max_steps %d", budget_minutes, elapsed, seconds_per_step, CALIBRATION_STEPS, max_steps)
+    return max_steps, seconds_per_step
+
+
 class DeadlineCallback(TrainerCallback):
     """Re-plan a budgeted run whose machine turned slower (or faster again) than its calibration, so it still
     ends by `deadline` (`clock()` time, default `time.monotonic`). The step time is the run's mean since it
     settled, after `settle_steps` (default: one epoch or a quarter of the plan, whichever is shorter), as the
-    first epoch also decodes the images that the later ones read from the cache (`SAFETY` covers that). Then every
-    `max_steps // CHECKS` steps the rule of the module docstring applies; every rank decides from the slowest
+    first epoch also decodes the images that the later ones read from the cache (`SAFETY` covers that).
+    Then every `max_steps // CHECKS` steps the rule of the module docstring applies; every rank decides from the slowest
     rank's figures, so all train the same number of steps. Each change is logged, recorded in
     `trainer.budget["replanned"]` as (step, old max_steps, new max_steps), and kept by checkpoints
     (`TrainerState.max_steps`), so a resumed run continues the new plan."""
@@ -162,7 +158,7 @@ class DeadlineCallback(TrainerCallback):
         if self.settled_time is None or steps <= 0 or steps % self.check_every or state.global_step >= state.max_steps:
             return
         now = self.clock()
-        seconds_per_step, overdue = _all_ranks_max([(now - self.settled_time) / steps, now - self.deadline],
+        seconds_per_step, overdue = all_ranks_max([(now - self.settled_time) / steps, now - self.deadline],
                                                    args.device)
         fits = steps_within(-overdue, seconds_per_step) if overdue < 0 else 0
         target = min(state.global_step + max(fits, 1), self.planned_steps)

@@ -381,9 +381,7 @@ class Dinov2PretrainingTrainer(Trainer):
             return
         self.args.max_steps, seconds_per_step = budgeted_max_steps(self, minutes, started_at)
         self.budget = {"minutes": minutes, "max_steps": self.args.max_steps, "seconds_per_step": seconds_per_step}
-        for callback in list(self.callback_handler.callbacks):  # a second train() keeps one deadline
-            if isinstance(callback, DeadlineCallback):
-                self.remove_callback(callback)
+        self.remove_callback(DeadlineCallback)  # a second train() keeps one deadline
         self.add_callback(DeadlineCallback(self, deadline=started_at + 60 * minutes))
         warmup = self.build_schedule(self.args.max_steps).warmup_steps
         if self.args.max_steps <= warmup:
