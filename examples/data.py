@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,7 @@ def load_fashion_mnist(split: str, limit: int | None = None, root: str | os.Path
     """
     from datasets import ClassLabel, Dataset, Features, Image
 
+    check_limit(limit)
     images, labels = load_fashion_mnist_arrays(split, root)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
@@ -87,10 +89,17 @@ def load_fashion_mnist(split: str, limit: int | None = None, root: str | os.Path
     return Dataset.from_dict({"image": list(images), "label": labels.tolist()}, features=features)
 
 
+def check_limit(limit: int | None, option: str = "limit") -> None:
+    """Raise a `ValueError` unless `limit` is None or a positive row count."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"{option} must be a positive number of images, got {limit!r}.")
+
+
 def load_image_dataset(
-    name: str, split: str, limit: int | None = None, image_column: str = "image", label_column: str = "label"
+    name: str, split: str, limit: int | None = None, image_column: str = "image", label_column: str = "label",
+    label_names: list[str] | None = None,
 ):
-    """An image-classification `datasets.Dataset` with `image` and `label` columns.
+    """An image-classification `datasets.Dataset` with `image` and `label` (`ClassLabel`) columns.
 
     Args:
         name: `"fashion_mnist"` (the offline Debian copy), a local folder (`imagefolder` layout:
@@ -98,7 +107,12 @@ def load_image_dataset(
         split: split name (`train`, `test`, ...).
         limit: keep the first `limit` rows.
         image_column, label_column: the dataset's column names, renamed to `image` / `label`.
+        label_names: class names to encode a plain (non-`ClassLabel`) label column with, e.g. the train
+            split's for the test split; by default its own sorted values (`encode_labels`).
+
+    Rows whose image cannot be decoded are dropped, counted and reported (`drop_unreadable_images`).
     """
+    check_limit(limit)
     if name == "fashion_mnist":
         return load_fashion_mnist(split, limit)
     from datasets import load_dataset
@@ -121,7 +135,65 @@ def load_image_dataset(
             dataset = dataset.rename_column(column, wanted)
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
+    dataset = drop_unreadable_images(dataset, f"{name} ({split})")
+    if len(dataset) == 0:
+        raise ValueError(f"{name} ({split}) holds no readable images.")
+    return encode_labels(dataset, label_names, f"{name} ({split})")
+
+
+def drop_unreadable_images(dataset, source: str = "the dataset"):
+    """`dataset` without the rows whose `image` cannot be decoded; each dropped row is reported (a warning
+    naming the row, its file and the reason) and counted, never silently lost."""
+    import datasets
+    from tqdm.auto import tqdm
+
+    from pretraining.data import BadImageError, HFDatasetSource, decode_image
+
+    images = HFDatasetSource(dataset, "image")  # reads the column undecoded
+    bad = []
+    for index in tqdm(range(len(images)), desc=f"checking {source}", unit="img", disable=len(images) < 1000):
+        item, name = images[index]
+        try:
+            decode_image(item, min_size=1)
+        except BadImageError as error:
+            bad.append((index, name, str(error)))
+    if not bad:
+        return dataset
+    details = "\n".join(f"  {name}: {reason}" for _, name, reason in bad[:20])
+    more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+    warnings.warn(f"{source}: skipped {len(bad)} unreadable image(s) of {len(dataset)}:\n{details}{more}", stacklevel=2)
+    keep = sorted(set(range(len(dataset))) - {index for index, _, _ in bad})
+    dataset = dataset.select(keep)
+    if isinstance(dataset.features["image"], datasets.Image) and not dataset.features["image"].decode:
+        dataset = dataset.cast_column("image", datasets.Image())
     return dataset
+
+
+def encode_labels(dataset, label_names: list[str] | None = None, source: str = "the dataset"):
+    """`dataset` with a `ClassLabel` `label` column. A plain column (strings, or ints that need not be
+    0..C-1) is mapped to indices of `label_names` (default: its sorted distinct values, as strings); a value
+    outside `label_names` raises a `ValueError` naming it."""
+    from datasets import ClassLabel, Value
+
+    feature = dataset.features["label"]
+    if isinstance(feature, ClassLabel):
+        if label_names is not None and list(feature.names) != list(label_names):
+            raise ValueError(f"{source} has the classes {feature.names}, but the training split {list(label_names)}.")
+        return dataset
+    values = [str(value) for value in dataset["label"]]
+    names = list(label_names) if label_names is not None else sorted(set(values), key=_natural_key)
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"{source} has labels {unknown[:10]} that the training split does not have ({names[:20]}).")
+    return dataset.cast_column("label", Value("string")).cast_column("label", ClassLabel(names=names))
+
+
+def _natural_key(value: str):
+    """Sort numbers numerically (2 before 10) and strings alphabetically."""
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
 
 
 def class_names(dataset) -> list[str]:

@@ -199,7 +199,8 @@ def evaluate_backbone(name: str, model, images: dict, labels: dict, seed: int) -
 
 
 def log_result(step: str, name: str, result: dict) -> None:
-    log(step, f"{name}: k-NN@20 {100 * result['knn'][20]:.1f}%, linear {100 * result['linear']:.1f}%")
+    k = 20 if 20 in result["knn"] else max(result["knn"])  # fewer than 20 training images: the largest k left
+    log(step, f"{name}: k-NN@{k} {100 * result['knn'][k]:.1f}%, linear {100 * result['linear']:.1f}%")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -350,7 +351,8 @@ def results_table(results: dict) -> str:
     return "\n".join(rows)
 
 
-def write_model_folder(backbone_dir: Path, model_dir: Path, results: dict, curation_report: dict, recipe: str) -> None:
+def write_model_folder(backbone_dir: Path, model_dir: Path, results: dict, curation_report: dict, recipe: str,
+                       num_test: int = 10_000) -> None:
     """The exported teacher backbone plus a model card with the measured numbers."""
     from modeling_dinov2 import Dinov2Config, write_model_card
     from modeling_dinov2.model_card import write_preprocessor_config
@@ -365,7 +367,7 @@ def write_model_folder(backbone_dir: Path, model_dir: Path, results: dict, curat
     metrics = {f"Fashion-MNIST test k-NN top-1 (k={k})": round(100 * v, 2) for k, v in pretrained["knn"].items()}
     metrics["Fashion-MNIST test linear-probe top-1"] = round(100 * pretrained["linear"], 2)
     sections = {
-        "Evaluation": "Frozen teacher features (final-normed CLS), Fashion-MNIST test split (10,000 images), "
+        "Evaluation": f"Frozen teacher features (final-normed CLS), Fashion-MNIST test split ({num_test:,} images), "
         "k-NN bank and linear-probe training set: the train split. k-NN: cosine similarity, softmax(s / 0.07) "
         "weights over the top 200 (DINOv2's protocol), on the last block's CLS. Linear: DINOv2's probe grid (CLS "
         "of the last 1 or 4 blocks, with or without the mean patch token, standardized, an lr sweep), chosen on 10% "
@@ -386,12 +388,12 @@ def pca_figure(model, test, image_size: int, path: Path) -> None:
     from examples.pca_features import pca_picture, save_pca_figure
     from examples.features import eval_transform
 
-    images = [test[i]["image"].resize((image_size * 4, image_size * 4)) for i in range(8)]
+    images = [test[i]["image"].resize((image_size * 4, image_size * 4)) for i in range(min(8, len(test)))]
     transform = eval_transform(image_size * 4, resize_size=image_size * 4)
     with torch.no_grad():
         maps = model.get_intermediate_layers(torch.stack([transform(i) for i in images]), n=1, reshape=True)[0]
     save_pca_figure(images, pca_picture(maps.permute(0, 2, 3, 1).float()), str(path),
-                    title="PCA of patch features (first component thresholded, next three as RGB)")
+                    title="PCA of patch features (first component > 0: foreground; a PCA of the foreground as RGB)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -403,6 +405,13 @@ def run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from examples.data import check_limit
+
+    try:
+        check_limit(args.train_limit, "--train-limit")
+        check_limit(args.test_limit, "--test-limit")
+    except ValueError as error:
+        raise SystemExit(f"dinov2-demo: {error}") from None
     if args.quick:
         args.train_limit, args.test_limit = args.train_limit or 2000, args.test_limit or 500
         args.max_steps = args.max_steps or 20
@@ -463,7 +472,7 @@ def run(args: argparse.Namespace) -> dict:
               + (f", {steps} step{'s' if steps != 1 else ''}" if steps else "")
               + (f" (as many as fit in the demo's {args.time_budget:g}-minute budget)" if budget_minutes else "")
               + f", {pretraining_precision()}; see `pretraining/presets.py`.")
-    write_model_folder(backbone_dir, model_dir, results, curated.report, recipe)
+    write_model_folder(backbone_dir, model_dir, results, curated.report, recipe, num_test=len(test))
     pca_figure(trained, test, image_size, model_dir / "pca_features.png")
     plot_losses(loss_history(out / "pretrain"), model_dir / "loss_curve.png")
     (model_dir / "demo_results.json").write_text(json.dumps({"results": results, "timings_s": timings}, indent=2))

@@ -218,6 +218,8 @@ def extract_features(
         n_last_blocks: how many of the last blocks' CLS tokens to keep (1 for k-NN, 4 for the linear probe).
         bf16: run the backbone under bf16 autocast (features are returned in float32).
     """
+    if len(dataset) == 0:
+        raise ValueError(f"extract_features got an empty dataset ({desc}).")
     transform = transform or eval_transform()
     device = next(model.parameters()).device
     cls_tokens, patch_means, labels = [], [], []
@@ -232,10 +234,15 @@ def extract_features(
     return Features(torch.cat(cls_tokens), torch.cat(labels).long(), torch.cat(patch_means), names)
 
 
-def pixel_features(dataset, image_size: int | None = None, image_column: str = "image", label_column: str = "label") -> Features:
+def pixel_features(
+    dataset, image_size: int | None = None, image_column: str = "image", label_column: str = "label",
+    mixed_size: int | None = None,
+) -> Features:
     """Raw pixels in [0, 1] as features (the baseline every learned feature must beat): (N, 1, H*W*C).
 
-    Images are used at their own size (all must match) unless `image_size` resizes them (bicubic).
+    Images are used at their own size and mode unless `image_size` resizes them (bicubic). Images of
+    different sizes or modes raise a `ValueError`, or, with `mixed_size`, are all made RGB and resized to
+    `mixed_size` px.
     """
     steps = [v2.ToImage()]
     if image_size is not None:
@@ -243,11 +250,18 @@ def pixel_features(dataset, image_size: int | None = None, image_column: str = "
     steps.append(v2.ToDtype(torch.float32, scale=True))
     loader = image_batches(dataset, v2.Compose(steps), 1024, image_column, label_column)
     vectors, labels = [], []
-    for pixel_values, batch_labels in tqdm(loader, desc="pixels", unit="batch"):
-        vectors.append(pixel_values.flatten(1))
-        labels.append(batch_labels)
-    if len({v.shape[1] for v in vectors}) > 1:  # batches of different sizes
-        raise ValueError("Raw-pixel features need images of one size and mode; pass image_size to resize them.")
+    try:
+        for pixel_values, batch_labels in tqdm(loader, desc="pixels", unit="batch"):
+            vectors.append(pixel_values.flatten(1))
+            labels.append(batch_labels)
+        mixed = len({v.shape[1] for v in vectors}) > 1  # batches of different sizes
+    except ValueError:  # different sizes within a batch
+        mixed = True
+    if mixed:
+        if mixed_size is None:
+            raise ValueError("Raw-pixel features need images of one size and mode; pass image_size to resize them.")
+        return pixel_features(dataset.map(lambda row: {image_column: row[image_column].convert("RGB")}, desc="RGB"),
+                              mixed_size, image_column, label_column)
     names = list(getattr(dataset.features[label_column], "names", []) or [])
     return Features(torch.cat(vectors)[:, None], torch.cat(labels).long(), None, names)
 
@@ -310,10 +324,19 @@ class DatasetArguments:
     image_column: str = field(default="image", metadata={"help": "Image column of the dataset."})
     label_column: str = field(default="label", metadata={"help": "Label column of the dataset."})
 
-    def load(self, split: str, limit: int | None):
-        from examples.data import load_image_dataset
+    def load(self, split: str, limit: int | None, label_names: list[str] | None = None):
+        from examples.data import check_limit, load_image_dataset
 
-        return load_image_dataset(self.dataset, split, limit, self.image_column, self.label_column)
+        check_limit(self.train_limit, "--train_limit")
+        check_limit(self.test_limit, "--test_limit")
+        return load_image_dataset(self.dataset, split, limit, self.image_column, self.label_column, label_names)
+
+    def load_splits(self):
+        """(train, test) datasets; the test labels are encoded with the training split's classes."""
+        from examples.data import class_names
+
+        train = self.load(self.train_split, self.train_limit)
+        return train, self.load(self.test_split, self.test_limit, label_names=class_names(train))
 
 
 def train_test_features(
@@ -324,10 +347,10 @@ def train_test_features(
     Raw pixels when `raw_pixels`, else the frozen backbone of `backbone_args` with its last
     `n_last_blocks` CLS tokens (capped at the model's depth, with a warning).
     """
-    train = data_args.load(data_args.train_split, data_args.train_limit)
-    test = data_args.load(data_args.test_split, data_args.test_limit)
-    if raw_pixels:
-        return pixel_features(train), pixel_features(test), "raw pixels"
+    train, test = data_args.load_splits()
+    if raw_pixels:  # at their own size; mixed sizes or modes: RGB at --image-size
+        size = backbone_args.image_size
+        return pixel_features(train, mixed_size=size), pixel_features(test, mixed_size=size), "raw pixels"
     model = backbone_args.load()
     depth = model.config.num_hidden_layers
     if n_last_blocks > depth:

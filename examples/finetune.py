@@ -139,8 +139,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         (FinetuneArguments, DatasetArguments, FinetuneTrainingArguments), description=__doc__.split("\n\n")[0]
     )
     args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    train_set = data_args.load(data_args.train_split, data_args.train_limit)
-    eval_set = data_args.load(data_args.test_split, data_args.test_limit)
+    train_set, eval_set = data_args.load_splits()
     labels = class_names(train_set)
     model = load_classifier(args.model, labels, args.ignore_mismatched_sizes)
     patch = model.config.patch_size

@@ -97,8 +97,13 @@ def knn_scores(
     train_labels = torch.as_tensor(train_labels).long()
     if train_features.shape[0] != train_labels.shape[0]:
         raise ValueError(f"{train_features.shape[0]} training features but {train_labels.shape[0]} labels.")
+    if train_labels.numel() == 0:
+        raise ValueError("k-NN needs at least one training sample.")
     ks = _usable_ks(ks, train_features.shape[0])
     num_classes = num_classes or int(train_labels.max()) + 1
+    if train_labels.min() < 0 or train_labels.max() >= num_classes:
+        raise ValueError(f"Training labels must be class ids in [0, {num_classes}), got values in "
+                         f"[{int(train_labels.min())}, {int(train_labels.max())}].")
     similarities, indices = cosine_topk(test_features, train_features, ks[-1], chunk_size)  # (N, K) each
     weights = torch.softmax(similarities / T, dim=1)  # (N, K), over the top max_k as in the original
     neighbour_labels = train_labels[indices]  # (N, K)
@@ -151,7 +156,11 @@ def format_results(results: dict[int, dict[str, float]]) -> str:
 class KnnArguments:
     ks: list[int] = field(default_factory=lambda: list(DEFAULT_KS), metadata={"help": "Numbers of neighbours."})
     temperature: float = field(default=DEFAULT_TEMPERATURE, metadata={"help": "Softmax temperature T of the votes."})
-    raw_pixels: bool = field(default=False, metadata={"help": "Use raw pixels instead of a model (baseline)."})
+    raw_pixels: bool = field(
+        default=False,
+        metadata={"help": "Use raw pixels instead of a model (baseline): at the images' own size, or as RGB at "
+                  "--image-size when they differ in size or mode."},
+    )
     output_json: Optional[str] = field(default=None, metadata={"help": "Write the accuracies to this JSON file."})
 
 

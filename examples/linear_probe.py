@@ -281,7 +281,11 @@ class ProbeArguments:
     probe_batch_size: int = field(default=128, metadata={"help": "Mini-batch size of the classifier training."})
     val_fraction: float = field(default=0.1, metadata={"help": "Training images held out to choose the classifier."})
     seed: int = field(default=0, metadata={"help": "Seed of the split, the init and the shuffling."})
-    raw_pixels: bool = field(default=False, metadata={"help": "Use raw pixels instead of a model (baseline)."})
+    raw_pixels: bool = field(
+        default=False,
+        metadata={"help": "Use raw pixels instead of a model (baseline): at the images' own size, or as RGB at "
+                  "--image-size when they differ in size or mode."},
+    )
     output_json: Optional[str] = field(default=None, metadata={"help": "Write the results to this JSON file."})
 
 

@@ -103,16 +103,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.query_images:
         from datasets import Dataset, Features, Image as ImageFeature, Value
 
+        from pretraining.data import BadImageError, decode_image
+
         missing = [p for p in args.query_images if not Path(p).is_file()]
         if missing:
             raise FileNotFoundError(f"Query image(s) not found: {missing}")
+        for path in args.query_images:
+            try:
+                decode_image(path, min_size=1)
+            except BadImageError as error:
+                raise ValueError(f"Query image {path} cannot be read: {error}.") from None
         queries = Dataset.from_dict(
             {"image": list(args.query_images), "label": [-1] * len(args.query_images)},
             features=Features({"image": ImageFeature(), "label": Value("int64")}),
         )
         query_titles = [Path(p).name for p in args.query_images]
     else:
-        test = data_args.load(data_args.test_split, data_args.test_limit)
+        test = data_args.load(data_args.test_split, data_args.test_limit, label_names=names)
         bad = [i for i in args.query_indices if not 0 <= i < len(test)]
         if bad:
             raise ValueError(f"--query_indices {bad} are outside the {len(test)} rows of split {data_args.test_split!r}.")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from examples.data import (
-    FASHION_MNIST_CLASSES, IGNORE_INDEX, build_fashion_segmentation, compose_segmentation_sample,
+    FASHION_MNIST_CLASSES, IGNORE_INDEX, build_fashion_segmentation, compose_segmentation_sample, encode_labels,
     load_fashion_mnist, load_fashion_mnist_arrays, load_image_dataset,
 )
 
@@ -91,3 +91,36 @@ def test_image_folder_datasets_and_a_missing_split(tmp_path):
     write_class_folders(tmp_path / "split" / "test", per_class=2)
     assert len(load_image_dataset(str(tmp_path / "split"), "train")) == 6
     assert len(load_image_dataset(str(tmp_path / "split"), "test", limit=3)) == 3
+
+
+def test_an_unreadable_image_is_skipped_counted_and_named(tmp_path):
+    write_class_folders(tmp_path / "flat")
+    (tmp_path / "flat" / "coat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (tmp_path / "flat" / "boot" / "empty.png").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable image\(s\) of 8") as record:
+        train = load_image_dataset(str(tmp_path / "flat"), "train")
+    message = str(record[0].message)
+    assert "broken.png" in message and "empty.png" in message and "empty file" in message
+    assert len(train) == 6 and sorted(set(train["label"])) == [0, 1]
+    assert train[0]["image"].size == (8, 8)  # decoded again after the check
+
+
+@pytest.mark.parametrize("limit", [0, -5, 2.5])
+def test_limits_must_be_positive(limit, fashion_mnist_dir):
+    with pytest.raises(ValueError, match="limit must be a positive number of images"):
+        load_image_dataset("fashion_mnist", "test", limit=limit)
+
+
+def test_plain_labels_are_encoded_with_the_training_classes():
+    import datasets
+
+    train = datasets.Dataset.from_dict({"image": [None] * 4, "label": [10, 3, 7, 3]})
+    encoded = encode_labels(train)
+    assert encoded.features["label"].names == ["3", "7", "10"]  # numbers in numeric order
+    assert encoded["label"] == [2, 0, 1, 0]
+    test = encode_labels(datasets.Dataset.from_dict({"image": [None] * 2, "label": [7, 10]}), ["3", "7", "10"])
+    assert test["label"] == [1, 2]  # the training split's indices, not its own
+    with pytest.raises(ValueError, match=r"labels \['5'\] that the training split does not have"):
+        encode_labels(datasets.Dataset.from_dict({"image": [None], "label": [5]}), ["3", "7", "10"])
+    strings = encode_labels(datasets.Dataset.from_dict({"image": [None] * 3, "label": ["dog", "cat", "dog"]}))
+    assert strings.features["label"].names == ["cat", "dog"] and strings["label"] == [1, 0, 1]

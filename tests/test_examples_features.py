@@ -96,3 +96,19 @@ def test_backbone_errors(examples_tiny_model_dir, tmp_path):
         load_backbone(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="multiple of the patch size 14; use e.g. 28"):
         check_image_size(load_backbone(examples_tiny_model_dir, "cpu"), 30)
+
+
+def test_raw_pixels_of_mixed_sizes_and_modes():
+    import datasets
+
+
+    images = [Image.new("L", (8, 8), 255), Image.new("RGB", (16, 12), (255, 0, 0))]
+    dataset = datasets.Dataset.from_dict({"image": images, "label": [0, 1]},
+                                         features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}))
+    with pytest.raises(ValueError, match="one size and mode"):
+        pixel_features(dataset)
+    features = pixel_features(dataset, mixed_size=4)  # both made RGB, resized to 4 x 4
+    assert features.cls_tokens.shape == (2, 1, 48)
+    pixels = features.cls_tokens[:, 0].reshape(2, 3, 4, 4)
+    assert torch.allclose(pixels[0], torch.ones(3, 4, 4), atol=1e-3)  # white grey image: 1 in every channel
+    assert torch.allclose(pixels[1].mean((1, 2)), torch.tensor([1.0, 0.0, 0.0]), atol=1e-3)  # red

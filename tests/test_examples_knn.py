@@ -38,6 +38,14 @@ def test_knn_weights_are_a_softmax_over_the_top_max_k():
     assert hot.tolist() == pytest.approx([1 / (1 + 2 * math.exp(-0.1)), 2 * math.exp(-0.1) / (1 + 2 * math.exp(-0.1))])
 
 
+def test_knn_rejects_labels_that_are_not_class_ids():
+    features = torch.randn(4, 8)
+    with pytest.raises(ValueError, match=r"class ids in \[0, 3\), got values in \[-1, 2\]"):
+        knn_scores(features, torch.tensor([0, 1, 2, -1]), features, ks=[2], num_classes=3)
+    with pytest.raises(ValueError, match="at least one training sample"):
+        knn_scores(features[:0], torch.zeros(0), features, ks=[2])
+
+
 def test_knn_classify_accuracies_and_k_clipping():
     queries = torch.cat([QUERY, torch.tensor([[0.0, 1.0]])])  # the 2nd query's nearest point is class 1
     labels = torch.tensor([0, 1])

@@ -46,6 +46,15 @@ def test_confusion_matrix_and_miou_hand_computed():
     assert metrics["pixel_accuracy"] == pytest.approx(3 / 5)
 
 
+def test_miou_counts_a_class_that_is_only_predicted():
+    # truth: 0 0 1 1; prediction: 0 2 1 1. Class 2 is never true, but predicted once: IoU 0 / (0 + 1 - 0) = 0,
+    # and it counts in the mean: (1/2 + 1 + 0) / 3 (class 0: 1 / (2 + 1 - 1)); class 3 (absent in both) does not.
+    metrics = mean_iou(np.array([0, 2, 1, 1]), np.array([0, 0, 1, 1]), num_classes=4)
+    assert metrics["per_class_iou"][:3] == pytest.approx([0.5, 1.0, 0.0])
+    assert math.isnan(metrics["per_class_iou"][3])
+    assert metrics["mean_iou"] == pytest.approx(0.5)
+
+
 def test_segmentation_metrics_errors():
     with pytest.raises(ValueError, match="targets must be in"):
         confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 5]), num_classes=3)

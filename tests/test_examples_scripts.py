@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO_ROOT
 
-SCRIPTS = ["knn_eval", "linear_probe", "finetune", "segmentation_probe", "retrieval"]
+SCRIPTS = ["knn_eval", "linear_probe", "finetune", "segmentation_probe", "retrieval", "pca_features"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -21,14 +21,24 @@ def test_help(name, capsys):
     assert "usage:" in out and "--model" in out
 
 
-def test_script_runs_by_path(tmp_path):
-    # `python examples/knn_eval.py` from elsewhere, without the package on sys.path
+def test_demo_help(capsys):
+    from examples import demo
+
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--time-budget" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, option", [("knn_eval", "--temperature"), ("pca_features", "--threshold")])
+def test_script_runs_by_path(tmp_path, name, option):
+    # `python examples/<name>.py` from elsewhere, without the package on sys.path
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "examples" / "knn_eval.py"), "--help"],
+        [sys.executable, str(REPO_ROOT / "examples" / f"{name}.py"), "--help"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "--temperature" in result.stdout
+    assert option in result.stdout
 
 
 def test_hub_model_id_when_online(hub_server, fashion_mnist_dir, examples_tiny_stock_model_dir):

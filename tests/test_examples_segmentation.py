@@ -56,6 +56,10 @@ def test_segmentation_script(fashion_mnist_dir, examples_tiny_model_dir, tmp_pat
     present = [iou for iou in saved["per_class_iou"] if iou is not None]
     assert saved["mean_iou"] == pytest.approx(sum(present) / len(present))
     assert all(math.isnan(a) for a, b in zip(metrics["per_class_iou"], saved["per_class_iou"]) if b is None)
+    # every class of the (rebuilt) test masks has an IoU; a class only in the predictions may too
+    test_set = build_fashion_segmentation("test", 8, canvas_size=56, seed=0)
+    in_truth = set(np.unique(np.concatenate([np.asarray(m).ravel() for m in test_set["mask"]])).tolist()) - {255}
+    assert in_truth and {c for c, iou in enumerate(saved["per_class_iou"]) if iou is not None} >= in_truth
     with Image.open(tmp_path / "predictions.png") as figure:
         assert figure.size[0] > 300
     assert "mIoU" in capsys.readouterr().out

@@ -50,6 +50,27 @@ def test_pca_example_writes_a_png(tmp_path):
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_pca_reads_any_image_mode_as_rgb_and_names_a_broken_file(tmp_path):
+    from PIL import Image
+
+    red = Image.new("RGB", (4, 4), (255, 0, 0))
+    red.convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "palette.png")
+    Image.new("RGBA", (4, 4), (255, 0, 0, 255)).save(tmp_path / "rgba.png")
+    Image.new("LA", (4, 4), (0, 0)).save(tmp_path / "transparent.png")  # fully transparent: white
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    images = pca_features.read_images([str(tmp_path / n) for n in ("palette.png", "rgba.png", "transparent.png")])
+    assert [np.asarray(i)[0, 0].tolist() for i in images] == [[255, 0, 0], [255, 0, 0], [255, 255, 255]]
+    pixels = pca_features.preprocess(images[:1], 4)  # red after ImageNet normalisation, not grey palette indices
+    assert torch.allclose(pixels[0, :, 0, 0], (torch.tensor([1.0, 0.0, 0.0]) - MEAN[:, 0, 0]) / STD[:, 0, 0], atol=1e-4)
+    with pytest.raises(ValueError, match="broken.jpg"):
+        pca_features.read_images([str(tmp_path / "broken.jpg")])
+
+
+def test_demo_rejects_bad_limits(tmp_path):
+    with pytest.raises(SystemExit, match="--train-limit must be a positive number of images, got 0"):
+        demo.main(["--output-dir", str(tmp_path), "--train-limit", "0"])
+
+
 def test_fast_demo_features_equal_the_example_feature_extractor(fashion_mnist_dir):
     from examples.data import load_fashion_mnist
     from examples.features import eval_transform, extract_features
