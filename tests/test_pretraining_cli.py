@@ -201,6 +201,31 @@ def test_a_new_run_refuses_the_output_dir_of_an_earlier_run(fashion_run, capsys)
     assert (fashion_run / "checkpoint-36").is_dir()  # nothing was touched
 
 
+@pytest.mark.slow
+def test_torch_compile_gives_the_eager_loss_and_gradients():
+    # what `--torch_compile true` does (the Trainer compiles the whole model): same loss, same gradients
+    _, model_args, data_args, _ = cli.parse_args(["--preset", "tiny", "--num_hidden_layers", "1", "--hidden_size", "32"])
+    torch.manual_seed(0)
+    model = cli.build_model(model_args, data_args).train()
+    augmentation = cli.build_augmentation(data_args, model_args.patch_size)
+    collator = cli.MultiCropCollator(patch_size=model_args.patch_size, global_crops_size=data_args.global_crops_size,
+                                     batch_transform=augmentation, seed=0)
+    images = [torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
+              for i in range(8)]
+    batch = {k: v for k, v in collator(images).items() if k != "skipped_images"}
+    results = []
+    for forward in (model, torch.compile(model)):
+        model.zero_grad(set_to_none=True)
+        loss = forward(**batch, teacher_temp=0.01).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.student.parameters() if p.grad is not None]))
+    (eager_loss, eager_grads), (compiled_loss, compiled_grads) = results
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-4, atol=1e-4)
+    assert len(compiled_grads) == len(eager_grads) > 0
+    for compiled_grad, eager_grad in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-3, atol=1e-5)
+
+
 def test_overwrite_output_dir_deletes_only_the_earlier_run(tmp_path):
     for name in ("checkpoint-3", "checkpoint-12", "final", "backbone"):
         (tmp_path / name).mkdir()

@@ -104,9 +104,8 @@ def dino_loss(
     # s: student crop, t: teacher crop, b: sample, k: prototype. ce[s, t] = mean_b CE(t_tb, s_sb).
     ce = -torch.einsum("tbk,sbk->st", teacher_probs.float(), log_probs) / batch_size  # (S, G)
 
-    pairs = torch.ones(n_student_crops, n_global_crops, dtype=torch.bool, device=ce.device)
-    pairs[:n_global_crops].fill_diagonal_(False)  # same global view: no loss term
-    return ce[pairs].mean()
+    pairs = ~torch.eye(n_student_crops, n_global_crops, dtype=torch.bool, device=ce.device)  # s == t: no loss term
+    return ce.masked_fill(~pairs, 0.0).sum() / pairs.sum()
 
 
 class DINOLoss(nn.Module):
