@@ -255,7 +255,9 @@ def pixel_features(
             vectors.append(pixel_values.flatten(1))
             labels.append(batch_labels)
         mixed = len({v.shape[1] for v in vectors}) > 1  # batches of different sizes
-    except ValueError:  # different sizes within a batch
+    except ValueError as error:  # different sizes within a batch (`apply_to_batch`)
+        if "different sizes" not in str(error):
+            raise
         mixed = True
     if mixed:
         if mixed_size is None:

@@ -37,8 +37,8 @@ def package_photos() -> dict[str, Image.Image]:
 
 
 def load_backbone(model: str | None = None, preset: str = "vit_small", seed: int = 0, device: str | None = None):
-    """A `modeling_dinov2.Dinov2Model` from a checkpoint (this package's or stock transformers', via
-    `examples.features.load_backbone`) or, without `model`, a randomly initialised preset."""
+    """The backbone of a checkpoint (`examples.features.load_backbone`: this package's `Dinov2Model`, or stock
+    transformers' for its checkpoints) or, without `model`, a randomly initialised `modeling_dinov2` preset."""
     from modeling_dinov2 import Dinov2Config, Dinov2Model
 
     if model:
