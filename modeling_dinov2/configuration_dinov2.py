@@ -149,8 +149,9 @@ class Dinov2Config(PretrainedConfig):
         self.initializer_range = initializer_range
         self.hidden_dropout_prob = hidden_dropout_prob
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
-        super().__init__(**kwargs)
+        # before PretrainedConfig's own checks, which read derived sizes such as `head_dim`
         self.validate_architecture()
+        super().__init__(**kwargs)
 
     def validate_architecture(self) -> None:
         """Raise a `ValueError` naming the problem for sizes that cannot build a DINOv2 ViT."""

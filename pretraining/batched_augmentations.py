@@ -2,9 +2,9 @@
 
 :class:`pretraining.augmentations.MultiCropAugmentation` runs ~10 torchvision v2 transforms per crop,
 one crop at a time; for 28-px images that Python overhead costs as much as the training step of a tiny
-ViT. :class:`BatchedMultiCropAugmentation` draws the same random parameters for every crop of a batch of
-uint8 images and applies each operation to all crops in one tensor call. Per crop, in the same order as
-the per-image version and with the same probabilities:
+ViT. :class:`BatchedMultiCropAugmentation` draws the per-image version's random parameters (same
+distributions) for a whole batch of uint8 images and applies each operation to all crops in one tensor
+call. Per crop, in the same order as the per-image version and with the same probabilities:
 
 - random resized crop: area ``U(scale) * H * W``, aspect ratio log-uniform in [3/4, 4/3], 10 attempts then
   a centre crop (torchvision's ``RandomResizedCrop.make_params``), integer boxes;
@@ -21,13 +21,15 @@ Other differences: intermediate values are float, not rounded to uint8 between o
 three channels are equal (greyscale) are processed as one channel, which gives the same result since
 saturation, hue and grayscale leave grey pixels unchanged.
 
-Randomness comes only from the ``generator`` argument, so a batch is reproducible from its seed
-(:class:`pretraining.collate.MultiCropCollator` seeds it from the samples' seeds).
+Randomness comes only from the ``generator`` argument: one generator for the batch, or one per image, so that
+an image's crops depend on its own seed only, not on which batch (or which process of a multi-process run) it
+lands in (:class:`pretraining.collate.MultiCropCollator` seeds one per sample from the samples' seeds).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,25 +56,30 @@ BLUR_SIGMA = (0.1, 2.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 
 
-def _uniform(n: int, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
-    return low + (high - low) * torch.rand(n, generator=generator)
+CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before the centre-crop fallback
+# uniform draws per crop: 2 per crop attempt (area, aspect) and 2 offsets, 4 jitter factors, 4 for the jitter
+# order, 5 coins (flip, jitter, grayscale, blur, solarize), 1 blur sigma
+UNIFORMS_PER_CROP = 2 * CROP_ATTEMPTS + 2 + 4 + 4 + 5 + 1
 
 
-def sample_crop_boxes(
-    n: int,
+def _scaled(u: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    return low + (high - low) * u
+
+
+def crop_boxes(
+    uniforms: torch.Tensor,
     height: int,
     width: int,
     scale: tuple[float, float],
     ratio: tuple[float, float] = CROP_RATIO,
-    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """``n`` random resized crop boxes ``(top, left, h, w)`` (long, ``(n, 4)``), vectorised
-    ``RandomResizedCrop.make_params``: 10 attempts of area ``U(scale) * H * W`` and aspect ratio
-    ``exp(U(log ratio))``, the first that fits is kept; otherwise the centre crop of the largest box with
-    an aspect ratio in ``ratio``."""
-    attempts = 10
-    area = height * width * _uniform(n * attempts, *scale, generator).view(n, attempts)
-    aspect = torch.exp(_uniform(n * attempts, math.log(ratio[0]), math.log(ratio[1]), generator)).view(n, attempts)
+    """Random resized crop boxes ``(top, left, h, w)`` (long, ``(n, 4)``) from ``(n, 2 * 10 + 2)`` uniforms in
+    [0, 1): vectorised ``RandomResizedCrop.make_params``: 10 attempts of area ``U(scale) * H * W`` and aspect
+    ratio ``exp(U(log ratio))``, the first that fits is kept; otherwise the centre crop of the largest box
+    with an aspect ratio in ``ratio``."""
+    n = uniforms.shape[0]
+    area = height * width * _scaled(uniforms[:, :CROP_ATTEMPTS], *scale)  # (n, attempts)
+    aspect = torch.exp(_scaled(uniforms[:, CROP_ATTEMPTS:2 * CROP_ATTEMPTS], math.log(ratio[0]), math.log(ratio[1])))
     w = torch.round(torch.sqrt(area * aspect)).long()
     h = torch.round(torch.sqrt(area / aspect)).long()
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
@@ -90,11 +97,23 @@ def sample_crop_boxes(
     w = torch.where(found, w, fallback_w)
     h = torch.where(found, h, fallback_h)
     # uniform integer offsets in [0, H - h] and [0, W - w]
-    top = torch.floor(torch.rand(n, generator=generator) * (height - h + 1)).long()
-    left = torch.floor(torch.rand(n, generator=generator) * (width - w + 1)).long()
+    top = torch.floor(uniforms[:, 2 * CROP_ATTEMPTS] * (height - h + 1)).long()
+    left = torch.floor(uniforms[:, 2 * CROP_ATTEMPTS + 1] * (width - w + 1)).long()
     top = torch.where(found, top, (height - h) // 2)
     left = torch.where(found, left, (width - w) // 2)
     return torch.stack([top, left, h, w], dim=1)
+
+
+def sample_crop_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float] = CROP_RATIO,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``n`` random resized crop boxes drawn from ``generator`` (see :func:`crop_boxes`)."""
+    return crop_boxes(torch.rand(n, 2 * CROP_ATTEMPTS + 2, generator=generator), height, width, scale, ratio)
 
 
 def resized_crops(images: torch.Tensor, source: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
@@ -179,14 +198,17 @@ def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Separable Gaussian blur with one sigma per image and reflect padding. ``x``: (n, C, H, W)."""
+    """Separable Gaussian blur with one sigma per image and reflect padding. ``x``: (n, C, H, W).
+
+    Written as weighted sums of shifted copies rather than a grouped convolution: elementwise operations
+    round the same whatever the batch size, so an image's blur does not depend on its batch."""
     n, channels, height, width = x.shape
     pad = kernel_size // 2
-    kernel = gaussian_kernels(sigma.to(x.dtype), kernel_size).repeat_interleave(channels, 0)  # (n C, k)
-    flat = x.reshape(1, n * channels, height, width)
-    flat = F.conv2d(F.pad(flat, (pad, pad, 0, 0), mode="reflect"), kernel.view(-1, 1, 1, kernel_size), groups=n * channels)
-    flat = F.conv2d(F.pad(flat, (0, 0, pad, pad), mode="reflect"), kernel.view(-1, 1, kernel_size, 1), groups=n * channels)
-    return flat.view(n, channels, height, width)
+    kernel = gaussian_kernels(sigma.to(x.dtype), kernel_size).view(n, 1, 1, 1, kernel_size)
+    padded = F.pad(x, (pad, pad, 0, 0), mode="reflect")
+    rows = sum(kernel[..., tap] * padded[..., tap:tap + width] for tap in range(kernel_size))
+    padded = F.pad(rows, (0, 0, pad, pad), mode="reflect")
+    return sum(kernel[..., tap] * padded[..., tap:tap + height, :] for tap in range(kernel_size))
 
 
 def solarize(x: torch.Tensor, threshold: float = 128 / 255) -> torch.Tensor:
@@ -260,27 +282,39 @@ class BatchedMultiCropAugmentation:
 
     # ------------------------------------------------------------------ random parameters
     def sample_parameters(
-        self, n: int, height: int, width: int, scale: tuple[float, float], blur_probability: float,
-        solarize_probability: float, generator: torch.Generator | None = None,
+        self, uniforms: torch.Tensor, height: int, width: int, scale: tuple[float, float], blur_probability: float,
+        solarize_probability: float,
     ) -> CropParameters:
-        """The random draws of ``n`` crops of ``height`` x ``width`` images."""
-
-        def coin(p: float) -> torch.Tensor:
-            return torch.rand(n, generator=generator) < p
-
-        boxes = sample_crop_boxes(n, height, width, scale, generator=generator)
+        """The parameters of ``n`` crops of ``height`` x ``width`` images from ``(n, UNIFORMS_PER_CROP)`` uniforms
+        in [0, 1): each crop's parameters are a function of its own row only."""
+        u = iter(uniforms.split([2 * CROP_ATTEMPTS + 2, 4, 4, 1, 1, 1, 1, 1, 1], dim=1))
+        boxes = crop_boxes(next(u), height, width, scale)
+        factors = next(u)
         factors = torch.stack([
-            _uniform(n, 1 - BRIGHTNESS, 1 + BRIGHTNESS, generator),
-            _uniform(n, 1 - CONTRAST, 1 + CONTRAST, generator),
-            _uniform(n, 1 - SATURATION, 1 + SATURATION, generator),
-            _uniform(n, -HUE, HUE, generator),
+            _scaled(factors[:, 0], 1 - BRIGHTNESS, 1 + BRIGHTNESS),
+            _scaled(factors[:, 1], 1 - CONTRAST, 1 + CONTRAST),
+            _scaled(factors[:, 2], 1 - SATURATION, 1 + SATURATION),
+            _scaled(factors[:, 3], -HUE, HUE),
         ], dim=1)
-        order = torch.rand(n, 4, generator=generator).argsort(1)  # a uniform random permutation per crop
+        order = next(u).argsort(1)  # a uniform random permutation per crop
+        flip, jitter, gray, blur, solarize_, sigma = (next(u).squeeze(1) for _ in range(6))
         return CropParameters(
-            boxes=boxes, flip=coin(self.flip_probability), jitter=coin(self.jitter_probability), jitter_order=order,
-            jitter_factors=factors, gray=coin(self.grayscale_probability), blur=coin(blur_probability),
-            blur_sigma=_uniform(n, *BLUR_SIGMA, generator), solarize=coin(solarize_probability),
+            boxes=boxes, flip=flip < self.flip_probability, jitter=jitter < self.jitter_probability,
+            jitter_order=order, jitter_factors=factors, gray=gray < self.grayscale_probability,
+            blur=blur < blur_probability, blur_sigma=_scaled(sigma, *BLUR_SIGMA), solarize=solarize_ < solarize_probability,
         )
+
+    def draw_uniforms(self, batch: int, generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+        """``(batch, 2 + L, UNIFORMS_PER_CROP)`` uniforms: image i's global crops 1, 2, then its L local crops.
+        ``generator``: one generator for the batch, or one per image (then image i's crops depend only on its
+        own generator, whichever batch it is in: the same crops for a batch of 2b on one process and two
+        batches of b on two)."""
+        shape = (2 + self.n_local_crops, UNIFORMS_PER_CROP)
+        if generator is None or isinstance(generator, torch.Generator):
+            return torch.rand(batch, *shape, generator=generator)
+        if len(generator) != batch:
+            raise ValueError(f"Expected one generator per image ({batch}), got {len(generator)}.")
+        return torch.stack([torch.rand(*shape, generator=g) for g in generator])
 
     # ------------------------------------------------------------------ application
     def apply(self, images: torch.Tensor, source: torch.Tensor, size: int, params: CropParameters) -> torch.Tensor:
@@ -312,31 +346,58 @@ class BatchedMultiCropAugmentation:
                     x = x.index_copy(0, index, operation(x[index], params.jitter_factors[index, op_index]))
         return x
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """uint8 ``(B, C, H, W)`` (C = 1 or 3) -> crop-major ``global_crops`` / ``local_crops`` (float32)."""
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """uint8 ``(B, C, H, W)`` (C = 1 or 3) -> crop-major ``global_crops`` / ``local_crops`` (float32).
+        ``generator``: one for the batch or one per image (see :meth:`draw_uniforms`)."""
         if images.dim() != 4 or images.shape[1] not in (1, 3) or images.dtype != torch.uint8:
             raise ValueError(
                 f"Expected a uint8 batch of shape (B, 1 or 3, H, W), got {images.dtype} {tuple(images.shape)}."
             )
-        if images.shape[1] == 3 and bool((images[:, :1] == images[:, 1:]).all()):
-            images = images[:, :1]  # grey stored as RGB: the colour operations are identities on it
+        uniforms = self.draw_uniforms(images.shape[0], generator)
+        if images.shape[1] == 1:
+            return self._augment(images, uniforms)
+        # grey images stored as RGB are processed as one channel (the colour operations are identities on them),
+        # each image by its own kind, so an image's crops do not depend on the other images of the batch
+        grey = (images[:, :1] == images[:, 1:]).flatten(1).all(1)
+        if grey.all():
+            return self._augment(images[:, :1], uniforms)
+        if not grey.any():
+            return self._augment(images, uniforms)
+        parts = [(index, self._augment(images[index][:, : 1 if is_grey else 3], uniforms[index]))
+                 for is_grey, index in ((True, grey.nonzero().flatten()), (False, (~grey).nonzero().flatten()))]
+        out = {}
+        for key, crops_per_image in (("global_crops", 2), ("local_crops", self.n_local_crops)):
+            if key not in parts[0][1]:
+                continue
+            merged = None
+            for index, crops in parts:
+                crops = crops[key].unflatten(0, (crops_per_image, len(index)))  # crop-major -> (crop, image, ...)
+                if merged is None:
+                    merged = crops.new_empty(crops_per_image, images.shape[0], *crops.shape[2:])
+                merged[:, index] = crops
+            out[key] = merged.flatten(0, 1)
+        return out
+
+    def _augment(self, images: torch.Tensor, uniforms: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The crops of uint8 ``images`` (B, C, H, W) from their ``(B, 2 + L, UNIFORMS_PER_CROP)`` uniforms."""
         batch, _, height, width = images.shape
         pixels = images.float().div_(255.0)
         sample = torch.arange(batch)
-        _, blur_global_2, blur_local = self.blur_probabilities
+        blur_global_1, blur_global_2, blur_local = self.blur_probabilities
         # global crop 1 has no solarization; global crop 2 does; then the local crops
-        first = self.sample_parameters(batch, height, width, self.global_crops_scale, self.blur_probabilities[0],
-                                       0.0, generator)
-        second = self.sample_parameters(batch, height, width, self.global_crops_scale, blur_global_2,
-                                        self.solarize_probability, generator)
+        first = self.sample_parameters(uniforms[:, 0], height, width, self.global_crops_scale, blur_global_1, 0.0)
+        second = self.sample_parameters(uniforms[:, 1], height, width, self.global_crops_scale, blur_global_2,
+                                        self.solarize_probability)
         global_crops = torch.cat([
             self.apply(pixels, sample, self.global_crops_size, first),
             self.apply(pixels, sample, self.global_crops_size, second),
         ])
         out = {"global_crops": global_crops}
         if self.n_local_crops > 0:
-            n = batch * self.n_local_crops
-            local = self.sample_parameters(n, height, width, self.local_crops_scale, blur_local, 0.0, generator)
+            local_uniforms = uniforms[:, 2:].transpose(0, 1).flatten(0, 1)  # crop-major: local crop j of image i at j*B+i
+            local = self.sample_parameters(local_uniforms, height, width, self.local_crops_scale, blur_local, 0.0)
             out["local_crops"] = self.apply(pixels, sample.repeat(self.n_local_crops), self.local_crops_size, local)
         return out
 

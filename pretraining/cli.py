@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, set_seed
@@ -27,6 +28,7 @@ from transformers import HfArgumentParser, set_seed
 from modeling_dinov2 import PRESETS as ARCHITECTURES
 from modeling_dinov2 import Dinov2Config
 from modeling_dinov2.hardware import reuse_freed_memory
+from modeling_dinov2.output_lock import OutputDirBusyError, hold_output_dir
 
 from .augmentations import MultiCropAugmentation
 from .batched_augmentations import BatchedMultiCropAugmentation, to_uint8_image
@@ -96,8 +98,9 @@ class ModelArguments:
 
     arch: str = field(
         default="tiny",
-        metadata={"help": f"Backbone size: {', '.join(sorted(ARCHITECTURES))}, or 'tiny' (set by the preset; use "
-                  "--hidden_size/--num_hidden_layers/--num_attention_heads for other sizes)."},
+        metadata={"help": f"Backbone size: {', '.join(sorted(ARCHITECTURES))}, or 'tiny' (the sizes given by "
+                  "--hidden_size/--num_hidden_layers/--num_attention_heads, which the tiny preset sets).",
+                  "choices": sorted(ARCHITECTURES) + ["tiny"]},
     )
     model_name_or_path: str | None = field(
         default=None,
@@ -160,6 +163,12 @@ class DataArguments:
     local_crops_scale: list[float] = field(default_factory=lambda: [0.05, 0.32], metadata={"help": "Area range."})
     mask_ratio_min_max: list[float] = field(default_factory=lambda: [0.1, 0.5], metadata={"help": "iBOT mask ratios."})
     mask_probability: float = field(default=0.5, metadata={"help": "Fraction of global crops that are masked."})
+    mask_sampling: str = field(
+        default="batch",
+        metadata={"help": "'batch': mask ratios stratified over each process's batch (the original); 'sample': each "
+                  "global crop's mask drawn from its own sample's seed, so N processes x batch b mask exactly as one "
+                  "process x batch N*b.", "choices": ["batch", "sample"]},
+    )
     original_blur_bug: bool = field(
         default=False,
         metadata={"help": "Blur with the inverted probabilities the released models used (0 / 0.9 / 0.5) instead "
@@ -275,7 +284,35 @@ def build_model(model_args: ModelArguments, data_args: DataArguments) -> Dinov2F
     return model
 
 
+def check_checkpoint_path(option: str, path: str) -> None:
+    """A clear error for a --model_name_or_path / --distill_from that is neither a checkpoint folder nor a Hub
+    repo id (transformers would raise an OSError about Hub repo ids for a mistyped local path)."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"--{option} {path}: the folder holds no config.json; give a folder written by "
+                             "save_pretrained (e.g. <output_dir>/final or <output_dir>/backbone).")
+        return
+    if os.path.exists(path):
+        raise ValueError(f"--{option} {path} is a file; give the checkpoint's folder (the one with config.json).")
+    parts = path.split("/")
+    looks_like_repo_id = len(parts) <= 2 and all(parts) and not path.startswith((".", "~"))
+    if not looks_like_repo_id:
+        raise ValueError(f"--{option} {path}: no such folder.")
+    try:
+        from huggingface_hub import file_exists
+
+        found = file_exists(path, "config.json")
+    except Exception as error:  # offline, no such repo, gated: say what the Hub said
+        raise ValueError(f"--{option} {path}: no such local folder, and the Hub cannot be asked about a repo of "
+                         f"that name ({type(error).__name__}: {str(error).splitlines()[0]}).") from None
+    if not found:
+        raise ValueError(f"--{option} {path}: no such local folder, and no Hub repo of that name with a config.json.")
+
+
 def _build_model(model_args: ModelArguments, data_args: DataArguments) -> Dinov2ForSelfDistillation:
+    for option in ("model_name_or_path", "distill_from"):
+        if getattr(model_args, option):
+            check_checkpoint_path(option, getattr(model_args, option))
     student = backbone_config(model_args, data_args)
     if model_args.distill_from:
         if student.drop_path_rate:
@@ -357,6 +394,7 @@ def build_data(data_args: DataArguments, patch_size: int, seed: int, images=None
         mask_ratio_min_max=tuple(data_args.mask_ratio_min_max),
         mask_probability=data_args.mask_probability,
         batch_transform=augmentation if batched else None,
+        mask_sampling=data_args.mask_sampling,
     )
     return dataset, collator
 
@@ -420,6 +458,28 @@ def prepare_output_dir(training_args: Dinov2PretrainingArguments) -> str | None:
     return None
 
 
+def train_and_export(export_args: ExportArguments, model_args: ModelArguments, data_args: DataArguments,
+                     training_args: Dinov2PretrainingArguments, started_at: float) -> None:
+    """The run: prepare the output dir, train (or resume), save `final/`, export the teacher backbone."""
+    resume = prepare_output_dir(training_args)
+    set_seed(training_args.seed)
+    model = build_model(model_args, data_args)
+    dataset, collator = build_data(data_args, model.config.backbone_config.patch_size, training_args.seed)
+    trainer = Dinov2PretrainingTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
+    trainer.train(resume_from_checkpoint=resume, budget_started_at=started_at)
+    if trainer.state.global_step == 0:
+        raise ValueError("the run took no optimizer step, so there is no trained model to save or export "
+                         f"(--max_steps {training_args.max_steps}).")
+    trainer.save_state()  # trainer_state.json (the log history: loss curves) in the output dir
+    final_dir = os.path.join(training_args.output_dir, "final")
+    trainer.save_model(final_dir)  # student + teacher + heads + centers: continue or distil from here
+    source = data_args.train_dir or data_args.dataset_name
+    recipe = {"preset": export_args.preset, "data": f"{source} ({len(dataset)} images)",
+              "crops": f"2 x {data_args.global_crops_size} px + {data_args.local_crops_number} x "
+              f"{data_args.local_crops_size} px"}
+    export(model, export_args, training_args.output_dir, trainer, recipe)
+
+
 def main(argv: list[str] | None = None) -> int:
     started_at = time.monotonic()  # --time_budget_minutes counts from here
     reuse_freed_memory()  # fewer page faults for the many freshly allocated activations (hardware.py)
@@ -433,21 +493,11 @@ def main(argv: list[str] | None = None) -> int:
             recipe = {"exported from": model_args.model_name_or_path}
             export(model, export_args, training_args.output_dir, None, recipe)
             return 0
-        resume = prepare_output_dir(training_args)
-        set_seed(training_args.seed)
-        model = build_model(model_args, data_args)
-        dataset, collator = build_data(data_args, model.config.backbone_config.patch_size, training_args.seed)
-        trainer = Dinov2PretrainingTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
-        trainer.train(resume_from_checkpoint=resume, budget_started_at=started_at)
-        trainer.save_state()  # trainer_state.json (the log history: loss curves) in the output dir
-        final_dir = os.path.join(training_args.output_dir, "final")
-        trainer.save_model(final_dir)  # student + teacher + heads + centers: continue or distil from here
-        source = data_args.train_dir or data_args.dataset_name
-        recipe = {"preset": export_args.preset, "data": f"{source} ({len(dataset)} images)",
-                  "crops": f"2 x {data_args.global_crops_size} px + {data_args.local_crops_number} x "
-                  f"{data_args.local_crops_size} px"}
-        export(model, export_args, training_args.output_dir, trainer, recipe)
-    except (ValueError, FileNotFoundError) as error:
+        # one job per output dir: the main process holds it (a second job is refused, naming this one's PID)
+        holds_output_dir = training_args.process_index == 0
+        with hold_output_dir(training_args.output_dir, "dinov2-pretrain") if holds_output_dir else nullcontext():
+            train_and_export(export_args, model_args, data_args, training_args, started_at)
+    except (ValueError, FileNotFoundError, OutputDirBusyError) as error:
         print(f"dinov2-pretrain: error: {error}", file=sys.stderr)
         return 1
     except NonFiniteLossError as error:

@@ -13,11 +13,18 @@ import torch
 from torch.utils.data import get_worker_info
 
 from .batched_augmentations import to_uint8_image
-from .masking import BlockMaskGenerator, sample_masks
+from .masking import BlockMaskGenerator, sample_masks, sample_masks_per_sample
 
 # Offset mixed into `torch.initial_seed()` so the default mask stream is not the same sequence as the
 # global torch RNG used by the augmentations (golden-ratio constant, as in splitmix64).
 _SEED_OFFSET = 0x9E3779B97F4A7C15
+MASK_SAMPLINGS = ("batch", "sample")
+_AUGMENTATION_STREAM, _MASK_STREAM = 1, 2  # per-sample generators of one sample seed
+
+
+def _sample_generator(seed: int, stream: int) -> torch.Generator:
+    """A generator of one sample for one purpose (`stream`), from the sample's seed."""
+    return torch.Generator().manual_seed((int(seed) + stream * _SEED_OFFSET) % 2**63)
 
 
 class MultiCropCollator:
@@ -50,12 +57,19 @@ class MultiCropCollator:
     With ``generator`` or ``seed``, a ``transform`` that accepts a ``generator`` argument (like
     ``MultiCropAugmentation``) is driven by the same generator, so the whole batch is reproducible.
 
+    ``mask_sampling``: ``"batch"`` (the original) masks ``int(2B * mask_probability)`` global crops of the
+    batch with ratios stratified over ``mask_ratio_min_max`` (:func:`pretraining.masking.sample_masks`), so a
+    crop's mask depends on the rest of its batch; ``"sample"`` masks each global crop with probability
+    ``mask_probability`` and a ratio drawn from its own sample's seed
+    (:func:`pretraining.masking.sample_masks_per_sample`): the same masks whether a batch of 2b runs on one
+    process or as two batches of b on two.
+
     Batched augmentation (``batch_transform``, e.g.
     :class:`pretraining.batched_augmentations.BatchedMultiCropAugmentation`): samples carry uint8 images
     (``{"image": (C, H, W)}``, the output of ``MultiCropDataset(..., transform=to_uint8_image)``, or raw
     items as above) and the crops of the whole batch are made in one call. Images of one size are
-    augmented together, mixed sizes one by one. Its randomness follows the masks' rules (samples with a
-    ``seed`` get a second generator seeded from the same seeds).
+    augmented together, mixed sizes one by one. Samples with a ``seed`` get a generator each, seeded from
+    their own seed, so a sample's crops never depend on its batch; otherwise the masks' generator is used.
 
     Args:
         patch_size: Backbone patch size (14).
@@ -70,6 +84,7 @@ class MultiCropCollator:
         seed: Optional seed for masking (ignored when ``generator`` is given).
         dtype: Optional dtype for the crops (DINOv2 casts to ``torch.half``); default keeps float32.
         batch_transform: Optional batched multi-crop augmentation of uint8 image batches (see above).
+        mask_sampling: ``"batch"`` (stratified over the batch, the original) or ``"sample"`` (see above).
     """
 
     def __init__(
@@ -86,7 +101,10 @@ class MultiCropCollator:
         seed: int | None = None,
         dtype: torch.dtype | None = None,
         batch_transform: Callable | None = None,
+        mask_sampling: str = "batch",
     ):
+        if mask_sampling not in MASK_SAMPLINGS:
+            raise ValueError(f"mask_sampling must be one of {MASK_SAMPLINGS}, got {mask_sampling!r}.")
         if isinstance(global_crops_size, int):
             global_crops_size = (global_crops_size, global_crops_size)
         if patch_size < 1 or any(side % patch_size != 0 for side in global_crops_size):
@@ -107,6 +125,7 @@ class MultiCropCollator:
         self.seed = seed
         self.dtype = dtype
         self.batch_transform = batch_transform
+        self.mask_sampling = mask_sampling
         self._transform_takes_generator = transform is not None and _accepts_generator(transform)
         self._own_generator: torch.Generator | None = None
         self._own_generator_key: Any = None
@@ -182,14 +201,18 @@ class MultiCropCollator:
             image = sample
         return to_uint8_image(image)["image"]
 
-    def _batched_crops(self, samples: Sequence[Any], generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    def _batched_crops(self, samples: Sequence[Any], generator: torch.Generator | list[torch.Generator] | None
+                       ) -> dict[str, torch.Tensor]:
+        """The crops of the whole batch; `generator`: one for the batch or one per sample."""
         images = [self._image(sample) for sample in samples]
         if len({tuple(image.shape[1:]) for image in images}) == 1:
             if len({image.shape[0] for image in images}) > 1:  # grey and colour images of one size
                 images = [image.expand(3, -1, -1) for image in images]
             return self.batch_transform(torch.stack(images), generator=generator)
         # mixed sizes: one image at a time, then crop-major
-        outputs = [self.batch_transform(image.unsqueeze(0), generator=generator) for image in images]
+        per_sample = generator if isinstance(generator, list) else [generator] * len(images)
+        outputs = [self.batch_transform(image.unsqueeze(0), generator=g if g is None else [g])
+                   for image, g in zip(images, per_sample)]
         return {key: torch.stack([o[key] for o in outputs], dim=1).flatten(0, 1) for key in outputs[0]}
 
     def __call__(self, samples: Sequence[Any]) -> dict[str, Any]:
@@ -197,14 +220,14 @@ class MultiCropCollator:
             raise ValueError("Expected a non-empty list of samples.")
         explicit = self.generator is not None or self.seed is not None
         sample_seeds = [s.get("seed") if isinstance(s, Mapping) else None for s in samples]
-        augmentation_generator = None
-        if not explicit and all(seed is not None for seed in sample_seeds):
+        seeded = not explicit and all(seed is not None for seed in sample_seeds)
+        if seeded:
             # samples of MultiCropDataset carry their own seed: the masks depend only on the batch content,
-            # so a resumed run (or any number of workers) draws the same masks
+            # so a resumed run (or any number of workers) draws the same masks; the batched crops and the
+            # per-sample masks depend only on each sample's own seed
             generator = torch.Generator().manual_seed(int(np.random.SeedSequence(sample_seeds).generate_state(1)[0]))
-            if self.batch_transform is not None:  # its own stream, from the same seeds
-                state = np.random.SeedSequence(sample_seeds + [1]).generate_state(1)[0]
-                augmentation_generator = torch.Generator().manual_seed(int(state))
+            augmentation_generator = ([_sample_generator(seed, _AUGMENTATION_STREAM) for seed in sample_seeds]
+                                      if self.batch_transform is not None else None)
         else:
             generator = self._masking_generator()
             augmentation_generator = generator
@@ -221,13 +244,14 @@ class MultiCropCollator:
         if self.dtype is not None:
             batch = {key: value.to(self.dtype) for key, value in batch.items()}
 
-        masks = sample_masks(
-            global_crops.shape[0],
-            self.mask_generator,
-            generator,
-            mask_ratio_min_max=self.mask_ratio_min_max,
-            mask_probability=self.mask_probability,
-        )
+        if self.mask_sampling == "sample":
+            per_sample = ([_sample_generator(seed, _MASK_STREAM) for seed in sample_seeds] if seeded
+                          else [generator] * len(samples))
+            masks = sample_masks_per_sample(per_sample, global_crops.shape[0] // len(samples), self.mask_generator,
+                                            self.mask_ratio_min_max, self.mask_probability)
+        else:
+            masks = sample_masks(global_crops.shape[0], self.mask_generator, generator,
+                                 mask_ratio_min_max=self.mask_ratio_min_max, mask_probability=self.mask_probability)
         if any(isinstance(s, Mapping) and "skipped" in s for s in samples):
             # bad items the dataset replaced, for the Trainer's report: [(index, name, reason), ...]
             batch["skipped_images"] = [record for s in samples for record in s.get("skipped", [])]

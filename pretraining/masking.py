@@ -187,7 +187,45 @@ def sample_masks(
         mask_generator.fill(stacked[i], target, rng)
     stacked = torch.from_numpy(stacked)
     order = torch.randperm(n_images, generator=generator)
-    masks = stacked[order].flatten(1)  # (n_images, H, W) -> (n_images, N)
+    return _mask_batch(stacked[order].flatten(1), upperbound)  # (n_images, H, W) -> (n_images, N)
+
+
+def sample_masks_per_sample(
+    generators: list[torch.Generator],
+    crops_per_sample: int,
+    mask_generator: BlockMaskGenerator,
+    mask_ratio_min_max: tuple[float, float] = (0.1, 0.5),
+    mask_probability: float = 0.5,
+) -> MaskBatch:
+    """Masks of ``crops_per_sample`` global crops per sample, each drawn from its sample's own generator.
+
+    Each crop is masked with probability ``mask_probability``, with a target of ``int(N * U(r_min, r_max))``
+    patches. The ratios have the same distribution per crop as :func:`sample_masks`, but are not stratified
+    over the batch, so a sample's masks do not depend on the other samples of its batch: one process with a
+    batch of 2b and two processes with b each draw the same masks.
+
+    Returns:
+        A :class:`MaskBatch` in crop-major order (crop c of sample i at row ``c * len(generators) + i``).
+    """
+    r_min, r_max = mask_ratio_min_max
+    if not 0.0 <= r_min <= r_max <= 1.0:
+        raise ValueError(f"`mask_ratio_min_max` must satisfy 0 <= min <= max <= 1, got {mask_ratio_min_max}.")
+    if not 0.0 <= mask_probability <= 1.0:
+        raise ValueError(f"`mask_probability` must be in [0, 1], got {mask_probability}.")
+    n_samples, n_tokens = len(generators), mask_generator.num_patches
+    stacked = np.zeros((crops_per_sample, n_samples, mask_generator.height, mask_generator.width), dtype=bool)
+    for i, generator in enumerate(generators):
+        draws = torch.rand(crops_per_sample, 2, generator=generator).tolist()  # (masked?, ratio) per crop
+        rng = python_rng(generator)
+        for crop, (coin, u) in enumerate(draws):
+            if coin < mask_probability:
+                mask_generator.fill(stacked[crop, i], int(n_tokens * (r_min + (r_max - r_min) * u)), rng)
+    upperbound = crops_per_sample * n_samples * int(n_tokens * r_max)
+    return _mask_batch(torch.from_numpy(stacked).flatten(0, 1).flatten(1), upperbound)  # (crops * B, N)
+
+
+def _mask_batch(masks: torch.Tensor, upperbound: int) -> MaskBatch:
+    """A :class:`MaskBatch` from ``(n_images, N)`` bool masks."""
     mask_indices = masks.flatten().nonzero().flatten()  # (n_images * N,) -> (M,)
     per_image = 1.0 / masks.sum(-1).clamp(min=1).float()  # (n_images,); clamp only guards empty masks
     mask_weights = per_image.unsqueeze(-1).expand_as(masks)[masks]  # (n_images, N) -> (M,)

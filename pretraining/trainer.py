@@ -125,8 +125,11 @@ class Dinov2PretrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        if (self.bf16 or self.fp16) and not self.use_cpu and not _has_accelerator():
-            self.use_cpu = True  # bf16 autocast on CPU (AMX / AVX512-bf16); the Trainer insists on use_cpu
+        if not self.use_cpu and not _has_accelerator():
+            # on a machine without GPUs, accelerate only treats a multi-process launch as distributed (gloo DDP)
+            # when asked for the CPU: without it, N processes would each train on their share of the data and
+            # never synchronise; bf16 autocast on CPU needs it too
+            self.use_cpu = True
         if self.bf16 and (self.use_cpu or not _has_accelerator()) and not cpu_supports_bf16():
             warnings.warn(
                 "bf16=True on a CPU without AVX512-BF16 or AMX: PyTorch emulates bf16 here, which is several times "
@@ -140,6 +143,19 @@ class Dinov2PretrainingArguments(TrainingArguments):
             raise ValueError(f"epoch_length must be >= 1, got {self.epoch_length}.")
         if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
             raise ValueError(f"time_budget_minutes must be positive, got {self.time_budget_minutes}.")
+
+
+def check_launch_is_distributed(args: TrainingArguments) -> None:
+    """Refuse a multi-process launch (torchrun, accelerate launch) that the Trainer would not run as one
+    distributed job: each process would train its own model on its share of the data and exit 0."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and args.world_size != launched:
+        raise ValueError(
+            f"{launched} processes were launched (WORLD_SIZE={launched}) but the Trainer set up "
+            f"{args.parallel_mode.value} training with world size {args.world_size}: the processes would train "
+            "separately. On a machine without GPUs pass --use_cpu true (gloo DDP); with GPUs check that every "
+            "process sees one."
+        )
 
 
 def _has_accelerator() -> bool:
@@ -200,6 +216,7 @@ class Dinov2PretrainingTrainer(Trainer):
             raise TypeError("Dinov2PretrainingTrainer needs Dinov2PretrainingArguments (it carries the recipe).")
         if not isinstance(unwrap(model), Dinov2ForSelfDistillation):
             raise TypeError(f"Expected a Dinov2ForSelfDistillation, got {type(model).__name__}.")
+        check_launch_is_distributed(args)
         super().__init__(model=model, args=args, **kwargs)
         self.add_callback(TeacherEMACallback(self))
         self.add_callback(DataEpochCallback(self))
@@ -221,6 +238,18 @@ class Dinov2PretrainingTrainer(Trainer):
             self._train_sampler.set_epoch(epoch)
         if hasattr(self.train_dataset, "set_epoch"):
             self.train_dataset.set_epoch(epoch)
+
+    def check_one_batch_fits(self) -> None:
+        """Refuse a data set smaller than one global batch: the dataloader drops incomplete batches, so the run
+        would take no optimizer step and end as if it had trained."""
+        images, world = len(self.train_dataset), max(self.args.world_size, 1)
+        needed = self.args.per_device_train_batch_size * world
+        if self.args.dataloader_drop_last and images < needed:
+            raise ValueError(
+                f"{images} training images are fewer than one batch ({self.args.per_device_train_batch_size} per "
+                f"process x {world} process(es) = {needed}); incomplete batches are dropped, so no step would be "
+                f"taken. Lower --per_device_train_batch_size to at most {max(images // world, 1)}, or add images."
+            )
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps in one pass over the training data (what the Trainer calls an epoch)."""
@@ -355,6 +384,7 @@ class Dinov2PretrainingTrainer(Trainer):
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
+        self.check_one_batch_fits()
         if self.args.time_budget_minutes is not None:
             self._apply_time_budget(resume_from_checkpoint, started_at)
         if resume_from_checkpoint:

@@ -30,7 +30,6 @@ from pretraining.augmentations import MultiCropAugmentation  # noqa: E402
 from pretraining.collate import MultiCropCollator  # noqa: E402
 from pretraining.configuration_self_distillation import Dinov2SelfDistillationConfig  # noqa: E402
 from pretraining.data import MultiCropDataset  # noqa: E402
-from pretraining.masking import sample_masks  # noqa: E402
 from pretraining.modeling_self_distillation import Dinov2ForSelfDistillation  # noqa: E402
 from pretraining.trainer import Dinov2PretrainingArguments, Dinov2PretrainingTrainer, end_distributed  # noqa: E402
 
@@ -56,24 +55,6 @@ def synthetic_images(n: int, seed: int = 0) -> datasets.Dataset:
         small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
         images.append(Image.fromarray(small).resize((24, 24), Image.BILINEAR))
     return datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
-
-
-class PerSampleMaskCollator(MultiCropCollator):
-    """Masks drawn per sample from its own seed (not stratified over the batch), so a batch of 2b on one rank
-    and two batches of b on two ranks are masked identically: what the DDP equality test needs."""
-
-    def __call__(self, samples):
-        batch = super().__call__(samples)
-        size = len(samples)
-        masks = torch.zeros_like(batch["masks"])
-        for i, sample in enumerate(samples):
-            pair = sample_masks(2, self.mask_generator, torch.Generator().manual_seed(sample["seed"]), mask_probability=1.0)
-            masks[i], masks[size + i] = pair.masks[0], pair.masks[1]  # crop 0 and crop 1 of sample i
-        indices = masks.flatten().nonzero().flatten()
-        weights = (1.0 / masks.sum(-1).clamp(min=1).float()).unsqueeze(-1).expand_as(masks)[masks]
-        batch.update(masks=masks, mask_indices=indices, mask_weights=weights,
-                     n_masked_patches=torch.tensor([indices.numel()]))
-        return batch
 
 
 class PauseAfterSave(TrainerCallback):
@@ -110,8 +91,8 @@ def main() -> None:
     model = tiny_model(options.drop_path, options.koleo_distributed, **variant)
     augmentation = MultiCropAugmentation(GLOBAL, LOCAL, n_local_crops=2, blur_kernel_size=3)
     dataset = MultiCropDataset(synthetic_images(options.num_images), augmentation, seed=0)
-    collator_class = PerSampleMaskCollator if options.per_sample_masks else MultiCropCollator
-    collator = collator_class(patch_size=PATCH, global_crops_size=GLOBAL)
+    collator = MultiCropCollator(patch_size=PATCH, global_crops_size=GLOBAL,
+                                 mask_sampling="sample" if options.per_sample_masks else "batch")
     args = Dinov2PretrainingArguments(
         output_dir=options.output_dir,
         per_device_train_batch_size=options.batch_size,
@@ -129,8 +110,7 @@ def main() -> None:
         report_to="none",
         disable_tqdm=True,
         seed=0,
-        use_cpu=True,
-        bf16=options.bf16,
+        bf16=options.bf16,  # use_cpu is left to Dinov2PretrainingArguments (a CPU-only machine: gloo DDP)
         time_budget_minutes=options.time_budget_minutes,
     )
     trainer = Dinov2PretrainingTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
@@ -148,6 +128,7 @@ def main() -> None:
         "global_step": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "budget": trainer.budget,
+        "wrapped_in_ddp": isinstance(trainer.model_wrapped, torch.nn.parallel.DistributedDataParallel),
     }
     torch.save(result, os.path.join(options.output_dir, f"result_rank{rank}.pt"))
     end_distributed()

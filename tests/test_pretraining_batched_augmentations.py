@@ -126,8 +126,8 @@ def _spy_parameters(aug):
     calls = []
     original = aug.sample_parameters
 
-    def spy(n, height, width, scale, blur_probability, solarize_probability, generator=None):
-        params = original(n, height, width, scale, blur_probability, solarize_probability, generator)
+    def spy(uniforms, height, width, scale, blur_probability, solarize_probability):
+        params = original(uniforms, height, width, scale, blur_probability, solarize_probability)
         calls.append((scale, params))
         return params
 
@@ -272,3 +272,27 @@ def test_blur_solarize_and_jitter_options_in_both_augmentations():
             cls(28, 12, 2, blur_probabilities=(0.5, 0.5))
         with pytest.raises(ValueError, match="solarize probability"):
             cls(28, 12, 2, solarize_probability=1.5)
+
+
+def test_a_samples_crops_and_masks_do_not_depend_on_its_batch(tmp_path):
+    """With per-sample seeds (MultiCropDataset), the crops and the per-sample masks of a sample are the same in a
+    batch of 6 as in batches of 2 and 4 (what N processes x b == 1 process x N*b needs), grey and colour mixed."""
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        pixels = _garment(seed=i) if i % 2 else rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+    dataset = MultiCropDataset(str(tmp_path), to_uint8_image, seed=5)
+    collator = MultiCropCollator(patch_size=4, global_crops_size=28, mask_sampling="sample",
+                                 batch_transform=BatchedMultiCropAugmentation(28, 12, 3, (0.4, 1.0), (0.1, 0.4)))
+    samples = [dataset[i] for i in range(6)]
+    whole, parts = collator(samples), [collator(samples[:2]), collator(samples[2:])]
+
+    def per_sample(batch, key, size):  # crop-major rows -> (sample, crop, ...)
+        return batch[key].unflatten(0, (-1, size)).transpose(0, 1)
+
+    for key in ("global_crops", "local_crops", "masks"):
+        split = torch.cat([per_sample(parts[0], key, 2), per_sample(parts[1], key, 4)])
+        assert torch.equal(split, per_sample(whole, key, 6)), key
+    # the stratified default masks do depend on the batch
+    stratified = MultiCropCollator(patch_size=4, global_crops_size=28, batch_transform=collator.batch_transform)
+    assert not torch.equal(stratified(samples)["masks"][:2], stratified(samples[:2])["masks"][:2])

@@ -163,3 +163,30 @@ def test_collator_bad_inputs():
         collator(_fake_samples(2, 0, size=28))
     with pytest.raises(ValueError, match="transform"):
         collator([{"image": torch.zeros(1)}])
+
+
+def test_per_sample_masks_follow_the_stratified_distribution_per_crop():
+    """Each crop masked with probability p, ratio ~ U(r_min, r_max), like `sample_masks` per crop; a sample's
+    masks come from its own generator only."""
+    from pretraining.masking import sample_masks_per_sample
+
+    grid = BlockMaskGenerator((16, 16))
+    generators = [torch.Generator().manual_seed(i) for i in range(1000)]
+    batch = sample_masks_per_sample(generators, 2, grid, (0.1, 0.5), mask_probability=0.5)
+    assert batch.masks.shape == (2000, 256)
+    counts = batch.masks.sum(1).float()
+    masked = counts > 0
+    assert abs(masked.float().mean().item() - 0.5) < 0.04
+    ratios = counts[masked] / 256
+    # the block generator may fall short of the target by a block (never over it): ratios in [~0.08, 0.5]
+    assert ratios.max() <= 0.5 and ratios.min() >= 0.05
+    assert abs(ratios.mean().item() - 0.3) < 0.02  # E U(0.1, 0.5) = 0.3, minus the shortfall
+    stratified = sample_masks(2000, grid, torch.Generator().manual_seed(0), (0.1, 0.5), 0.5)
+    reference = stratified.masks.sum(1).float()
+    assert abs(ratios.mean().item() - (reference[reference > 0] / 256).mean().item()) < 0.02
+    # weights and indices as for the stratified masks
+    assert torch.equal(batch.mask_indices, batch.masks.flatten().nonzero().flatten())
+    torch.testing.assert_close(batch.mask_weights.sum(), masked.float().sum())
+    # crop-major, and sample 3's masks come from generator 3 alone
+    alone = sample_masks_per_sample([torch.Generator().manual_seed(3)], 2, grid, (0.1, 0.5), 0.5)
+    assert torch.equal(alone.masks, batch.masks[[3, 1000 + 3]])
