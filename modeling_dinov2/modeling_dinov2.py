@@ -169,6 +169,45 @@ class Dinov2Embeddings(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Packed sequences: crop batches of several sizes as one token sequence
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PackedLayout:
+    """Where crop batches of different sizes lie in one packed (T, D) token tensor: group g holds
+    `batch_sizes[g]` crops of `lengths[g]` tokens each, group after group, crop after crop.
+
+    Every op of a block but attention is token-wise, so it runs once on the packed tensor; attention is
+    restricted to each crop's own tokens (the block-diagonal mask of the original's xFormers path).
+    """
+
+    batch_sizes: tuple[int, ...]
+    lengths: tuple[int, ...]
+
+    @classmethod
+    def of(cls, batches: Sequence[torch.Tensor]) -> "PackedLayout":
+        """The layout of (B_g, L_g, ...) tensors."""
+        return cls(tuple(b.shape[0] for b in batches), tuple(b.shape[1] for b in batches))
+
+    @property
+    def group_tokens(self) -> list[int]:
+        return [b * n for b, n in zip(self.batch_sizes, self.lengths)]
+
+    def pack(self, batches: Sequence[torch.Tensor]) -> torch.Tensor:
+        """[(B_g, L_g, ...)] -> (T, ...), T = sum_g B_g * L_g."""
+        return torch.cat([b.flatten(0, 1) for b in batches])
+
+    def unpack(self, packed: torch.Tensor) -> list[torch.Tensor]:
+        """(T, ...) -> [(B_g, L_g, ...)] (views)."""
+        parts = packed.split(self.group_tokens)
+        return [part.view(b, n, *packed.shape[1:]) for part, b, n in zip(parts, self.batch_sizes, self.lengths)]
+
+    def sample_of_token(self, device: torch.device | None = None) -> torch.Tensor:
+        """(T,) long: the index of each token's crop among all sum_g B_g crops."""
+        lengths = torch.tensor([n for b, n in zip(self.batch_sizes, self.lengths) for _ in range(b)], device=device)
+        return torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Block components
 # ----------------------------------------------------------------------------------------------------
 def eager_attention_forward(
@@ -230,15 +269,27 @@ class Dinov2Attention(nn.Module):
         self.output = Dinov2SelfOutput(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, layout: PackedLayout | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch_size, seq_len, _ = hidden_states.shape
+        """(B, N, D) -> (B, N, D); with a `layout`, packed (T, D) -> (T, D), each crop attending to its own tokens:
+        one attention call per group of equal-length crops (exact, and on CPU faster than one call over the packed
+        sequence with a block-diagonal mask; flash-attention's variable-length kernel is the CUDA equivalent)."""
+        qkv = self.attention.qkv(hidden_states)  # (..., 3D)
+        if layout is None:
+            attn_output, attn_weights = self._attend(qkv, output_attentions)
+            return self.output.dense(attn_output), attn_weights
+        groups = [self._attend(group)[0].flatten(0, 1) for group in layout.unpack(qkv)]  # (B_g * L_g, D) each
+        return self.output.dense(torch.cat(groups)), None
+
+    def _attend(self, qkv: torch.Tensor, output_attentions: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, N, 3D) fused projections -> (B, N, D) attention output (before the output projection), weights."""
+        batch_size, seq_len, _ = qkv.shape
         # (B, N, 3D) -> 3 x (B, heads, N, head_dim) as views of the chunks: the backward then concatenates three
         # contiguous gradients, where unbinding one permuted (3, B, heads, N, head_dim) view made it gather a
         # 5-D strided copy (1.3x slower attention on CPU for the tiny preset's 17 tokens)
         query, key, value = (
             part.view(batch_size, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
-            for part in self.attention.qkv(hidden_states).chunk(3, dim=-1)
+            for part in qkv.chunk(3, dim=-1)
         )
         implementation = self.config._attn_implementation or "sdpa"
         if output_attentions and implementation != "eager":
@@ -257,7 +308,7 @@ class Dinov2Attention(nn.Module):
             is_causal=False,
         )
         attn_output = attn_output.reshape(batch_size, seq_len, -1)  # (B, N, heads, hd) -> (B, N, D)
-        return self.output.dense(attn_output), attn_weights if output_attentions else None
+        return attn_output, attn_weights if output_attentions else None
 
 
 class Dinov2LayerScale(nn.Module):
@@ -298,33 +349,58 @@ class Dinov2SwiGLUFFN(nn.Module):
         return self.weights_out(F.silu(gate) * up)
 
 
-def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
-    """Stochastic depth (Huang et al. 2016): zero whole samples with prob p, scale the rest by 1/(1-p)."""
+def drop_path(
+    hidden_states: torch.Tensor, drop_prob: float, training: bool, layout: PackedLayout | None = None
+) -> torch.Tensor:
+    """Stochastic depth (Huang et al. 2016): zero whole samples with prob p, scale the rest by 1/(1-p).
+    With a `layout`, the samples are the crops of the packed (T, D) tensor."""
     if drop_prob == 0.0 or not training:
         return hidden_states
     keep_prob = 1.0 - drop_prob
-    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
-    keep = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+    if layout is not None:
+        keep = hidden_states.new_empty(sum(layout.batch_sizes)).bernoulli_(keep_prob)
+        keep = keep[layout.sample_of_token(hidden_states.device)].unsqueeze(-1)  # per crop -> per token (T, 1)
+    else:
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        keep = hidden_states.new_empty(shape).bernoulli_(keep_prob)
     return hidden_states * keep / keep_prob
 
 
 def add_residual_on_subset(
-    hidden_states: torch.Tensor, residual_fn: Callable[[torch.Tensor], torch.Tensor], drop_prob: float
+    hidden_states: torch.Tensor, residual_fn: Callable[..., torch.Tensor], drop_prob: float,
+    layout: PackedLayout | None = None,
 ) -> torch.Tensor:
     """Efficient stochastic depth of the original (`drop_add_residual_stochastic_depth`).
 
     Keeps exactly max(int(B * (1 - p)), 1) random samples, computes the residual branch for those only
     (saving ~p of the compute and activation memory), and adds it back scaled by B / kept; the dropped
-    samples pass through unchanged. In expectation this equals `x + residual_fn(x)`.
+    samples pass through unchanged. In expectation this equals `x + residual_fn(x)`. With a `layout`, each
+    group of the packed (T, D) tensor keeps its own subset, and the kept crops run packed
+    (`residual_fn(tokens, layout=kept_layout)`), as the original's list version.
     """
-    batch_size = hidden_states.shape[0]
-    keep = max(int(batch_size * (1.0 - drop_prob)), 1)
-    kept = torch.randperm(batch_size, device=hidden_states.device)[:keep]
-    residual = residual_fn(hidden_states[kept])
-    out = torch.index_add(
-        hidden_states.flatten(1), 0, kept, residual.to(hidden_states.dtype).flatten(1), alpha=batch_size / keep
-    )
-    return out.view_as(hidden_states)
+    if layout is None:
+        batch_size = hidden_states.shape[0]
+        keep = max(int(batch_size * (1.0 - drop_prob)), 1)
+        kept = torch.randperm(batch_size, device=hidden_states.device)[:keep]
+        residual = residual_fn(hidden_states[kept])
+        out = torch.index_add(
+            hidden_states.flatten(1), 0, kept, residual.to(hidden_states.dtype).flatten(1), alpha=batch_size / keep
+        )
+        return out.view_as(hidden_states)
+    device = hidden_states.device
+    token_index, scales, kept_sizes, start = [], [], [], 0
+    for batch_size, length in zip(layout.batch_sizes, layout.lengths):
+        keep = max(int(batch_size * (1.0 - drop_prob)), 1)
+        kept = torch.randperm(batch_size, device=device)[:keep]
+        tokens = start + (kept.unsqueeze(1) * length + torch.arange(length, device=device)).flatten()  # (keep * L,)
+        token_index.append(tokens)
+        scales.append(torch.full((tokens.numel(), 1), batch_size / keep, device=device))
+        kept_sizes.append(keep)
+        start += batch_size * length
+    token_index = torch.cat(token_index)
+    residual = residual_fn(hidden_states[token_index], layout=PackedLayout(tuple(kept_sizes), layout.lengths))
+    residual = residual.to(hidden_states.dtype) * torch.cat(scales).to(hidden_states.dtype)
+    return torch.index_add(hidden_states, 0, token_index, residual)
 
 
 class Dinov2Layer(GradientCheckpointingLayer):
@@ -344,23 +420,26 @@ class Dinov2Layer(GradientCheckpointingLayer):
         self.drop_path_rate = drop_path_rate
         self.efficient_drop_path = config.efficient_drop_path
 
-    def attention_residual(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.layer_scale1(self.attention(self.norm1(hidden_states))[0])
+    def attention_residual(self, hidden_states: torch.Tensor, layout: PackedLayout | None = None) -> torch.Tensor:
+        return self.layer_scale1(self.attention(self.norm1(hidden_states), layout=layout)[0])
 
-    def ffn_residual(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def ffn_residual(self, hidden_states: torch.Tensor, layout: PackedLayout | None = None) -> torch.Tensor:
         return self.layer_scale2(self.mlp(self.norm2(hidden_states)))
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, layout: PackedLayout | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, N, D) -> (B, N, D), or packed (T, D) -> (T, D) with a `layout` (see [`PackedLayout`])."""
         rate = self.drop_path_rate if self.training else 0.0
         if rate > self.EFFICIENT_DROP_PATH_MIN_RATE and self.efficient_drop_path:
-            hidden_states = add_residual_on_subset(hidden_states, self.attention_residual, rate)
-            hidden_states = add_residual_on_subset(hidden_states, self.ffn_residual, rate)
+            hidden_states = add_residual_on_subset(hidden_states, self.attention_residual, rate, layout)
+            hidden_states = add_residual_on_subset(hidden_states, self.ffn_residual, rate, layout)
             return hidden_states, None
-        attn_output, attn_weights = self.attention(self.norm1(hidden_states), output_attentions=output_attentions)
-        hidden_states = hidden_states + drop_path(self.layer_scale1(attn_output), rate, self.training)
-        hidden_states = hidden_states + drop_path(self.ffn_residual(hidden_states), rate, self.training)
+        attn_output, attn_weights = self.attention(
+            self.norm1(hidden_states), output_attentions=output_attentions, layout=layout
+        )
+        hidden_states = hidden_states + drop_path(self.layer_scale1(attn_output), rate, self.training, layout)
+        hidden_states = hidden_states + drop_path(self.ffn_residual(hidden_states), rate, self.training, layout)
         return hidden_states, attn_weights
 
 
@@ -572,35 +651,59 @@ class Dinov2Model(Dinov2PreTrainedModel):
             bool_masked_pos: (B, N) bool, patches to replace by the mask token (before positions are added);
                 a list (entries may be None) when `pixel_values` is a list.
         """
-        if isinstance(pixel_values, (list, tuple)):
-            masks = bool_masked_pos if bool_masked_pos is not None else [None] * len(pixel_values)
-            if len(masks) != len(pixel_values):
-                raise ValueError(f"Got {len(pixel_values)} image batches but {len(masks)} masks.")
-            return [
-                self.forward(x, m, output_hidden_states, output_attentions, return_dict)
-                for x, m in zip(pixel_values, masks)
-            ]
         if output_hidden_states is None:
             output_hidden_states = getattr(self.config, "output_hidden_states", False)
         if output_attentions is None:
             output_attentions = getattr(self.config, "output_attentions", False)
         if return_dict is None:
             return_dict = getattr(self.config, "return_dict", True)
+        if isinstance(pixel_values, (list, tuple)):
+            masks = bool_masked_pos if bool_masked_pos is not None else [None] * len(pixel_values)
+            if len(masks) != len(pixel_values):
+                raise ValueError(f"Got {len(pixel_values)} image batches but {len(masks)} masks.")
+            if self.config.packed_forward and len(pixel_values) > 1 and not output_attentions:
+                return self._packed_forward(pixel_values, masks, output_hidden_states, return_dict)
+            return [
+                self.forward(x, m, output_hidden_states, output_attentions, return_dict)
+                for x, m in zip(pixel_values, masks)
+            ]
 
         hidden_states, all_hidden, attentions = self._run_blocks(
             pixel_values, bool_masked_pos, keep=lambda i: output_hidden_states, output_attentions=output_attentions
         )
-        sequence_output = self.layernorm(hidden_states)
+        output = self._output(self.layernorm(hidden_states), all_hidden if output_hidden_states else None,
+                              attentions if output_attentions else None)
+        return output if return_dict else output.to_tuple()
+
+    def _output(self, sequence_output: torch.Tensor, hidden_states: list | None, attentions: list | None
+                ) -> Dinov2ModelOutput:
         prefix = self.num_prefix_tokens
-        output = Dinov2ModelOutput(
+        return Dinov2ModelOutput(
             last_hidden_state=sequence_output,
             pooler_output=sequence_output[:, 0],
-            hidden_states=tuple(all_hidden) if output_hidden_states else None,
-            attentions=tuple(attentions) if output_attentions else None,
+            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+            attentions=tuple(attentions) if attentions is not None else None,
             patch_tokens=sequence_output[:, prefix:],
             register_tokens=sequence_output[:, 1:prefix] if prefix > 1 else None,
         )
-        return output if return_dict else output.to_tuple()
+
+    def _packed_forward(self, pixel_values: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None],
+                        output_hidden_states: bool, return_dict: bool) -> list:
+        """Several crop batches through the blocks as one packed sequence ([`PackedLayout`]); one output each."""
+        embeddings = [self.embeddings(x, m) for x, m in zip(pixel_values, masks)]  # [(B_g, 1 + R + N_g, D)]
+        layout = PackedLayout.of(embeddings)
+        hidden_states = layout.pack(embeddings)  # (T, D)
+        all_hidden = [embeddings] if output_hidden_states else None
+        for layer in self.encoder.layer:
+            hidden_states, _ = layer(hidden_states, layout=layout)
+            if output_hidden_states:
+                all_hidden.append(layout.unpack(hidden_states))
+        outputs = []
+        for group, sequence_output in enumerate(layout.unpack(self.layernorm(hidden_states))):
+            per_block = [states[group] for states in all_hidden] if output_hidden_states else None
+            output = self._output(sequence_output, per_block, None)
+            outputs.append(output if return_dict else output.to_tuple())
+        return outputs
 
     @torch.no_grad()
     def get_intermediate_layers(
