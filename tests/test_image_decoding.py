@@ -1,11 +1,12 @@
 """The one image decoder (modeling_dinov2.image_decoding) shared by pretraining and curation: mode conversion,
 16-bit scaling, EXIF orientation, minimum size, bounded size (JPEG draft, reduce after load), the
-decompression-bomb limit and broken items."""
+decompression-bomb limit and broken items; and both pipelines giving the same pixels for the same file."""
 
 import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, JpegImagePlugin
 
 from modeling_dinov2.image_decoding import BadImageError, bounded_size, decode_image
@@ -145,3 +146,43 @@ def test_decompression_bombs_are_refused(monkeypatch):
     with pytest.raises(BadImageError, match="too large to decode safely"):
         decode_image(data, max_pixels=100)  # the bound does not lift the bomb limit
 
+
+def test_pretraining_and_curation_decode_the_same_pixels(tmp_path):
+    """Issue 21 item 8: the same files give the same pixels, or the same skip reason, in both pipelines."""
+    from curation.embed import _DecodedImages
+    from curation.inputs import load_image_set
+    from pretraining.batched_augmentations import to_uint8_image
+    from pretraining.data import MultiCropDataset
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    grey16((40, 30)).save(folder / "a_deep16.png")
+    (folder / "b_rotated.jpg").write_bytes(halves(6))
+    Image.new("RGBA", (20, 20), (255, 0, 0, 64)).save(folder / "c_rgba.png")
+    photo().convert("P").save(folder / "d_palette.png")
+    photo(size=(1, 1)).save(folder / "e_pixel.png")
+    photo(seed=3).save(folder / "f_photo.png")
+    photo().convert("CMYK").save(folder / "g_cmyk.jpg")
+
+    pretraining = MultiCropDataset(folder, to_uint8_image)
+    names = [path.name for path in pretraining.source.files]
+    pretraining_out = {}
+    for index, name in enumerate(names):
+        sample = pretraining[index]
+        skipped = {position: reason for position, _, reason in sample["skipped"]}
+        pretraining_out[name] = skipped[index] if index in skipped else sample["image"]
+    image_set = load_image_set(str(folder), "pool")
+    curation = _DecodedImages(image_set, lambda image: torch.from_numpy(np.array(image)).permute(2, 0, 1))
+    curation_out = {}
+    for row in range(len(image_set)):
+        _, pixels, error = curation[row]
+        curation_out[image_set.source_of(row).rsplit("/", 1)[-1]] = error if error is not None else pixels
+
+    assert sorted(curation_out) == names
+    for name in names:
+        if name == "e_pixel.png":
+            assert "too small (1x1 px" in pretraining_out[name] and "too small (1x1 px" in curation_out[name]
+        else:
+            assert torch.equal(pretraining_out[name], curation_out[name]), name
+    assert pretraining_out["a_deep16.png"].float().mean().item() == pytest.approx(127.5, abs=0.5)
+    assert tuple(pretraining_out["b_rotated.jpg"].shape) == (3, 40, 20)
