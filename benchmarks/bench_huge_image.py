@@ -8,9 +8,9 @@ Writes the folder once (``--folder``, reused if present), then runs, in a child 
     python -m pretraining.cli --preset tiny --train_dir FOLDER --output_dir OUT --max_steps 30 \
         --report_to none --per_device_train_batch_size 16 --save_strategy no
 
-(the preset's batched augmentation and image cache) and prints its training time (``train_runtime``), wall time and peak RSS (``ru_maxrss`` of
-the child, which includes ~1 GB of imported libraries). The huge PNG is a smooth colour pattern, so it is
-small on disk (2 MB) but decodes to 144 Mpx (576 MB as a PIL RGB image).
+(the preset's batched augmentation and image cache) and prints its training time (``train_runtime``), wall
+time and peak RSS (``ru_maxrss`` of the child, which includes ~1 GB of imported libraries). The huge PNG is a
+smooth colour pattern, so it is small on disk (2 MB) but decodes to 144 Mpx (576 MB as a PIL RGB image).
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def main() -> None:
         seconds = time.perf_counter() - start
         train_seconds = json.loads((Path(out) / "trainer_state.json").read_text())["log_history"][-1]["train_runtime"]
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"{folder.name}: {args.steps} steps in {train_seconds:.1f} s (process {seconds:.1f} s), peak RSS {peak_mb:.0f} MB "
-          f"(load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)")
+    print(f"{folder.name}: {args.steps} steps in {train_seconds:.1f} s (process {seconds:.1f} s), "
+          f"peak RSS {peak_mb:.0f} MB (load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)")
 
 
 if __name__ == "__main__":

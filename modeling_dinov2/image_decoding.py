@@ -78,7 +78,8 @@ def bounded_size(size: tuple[int, int], max_pixels: int | None) -> tuple[int, in
     scale = math.sqrt(max_pixels / (width * height))
     new_height = max(1, int(height * scale))
     new_width = max(1, min(int(width * scale), max_pixels // new_height))
-    return new_width, max(1, min(new_height, max_pixels // new_width))  # the min()s: a side rounded up to 1
+    # the min()s only act on extreme aspect ratios, where a side was raised to 1 px
+    return new_width, max(1, min(new_height, max_pixels // new_width))
 
 
 def _open(item: Any) -> Image.Image:
@@ -129,15 +130,18 @@ def _shrink(image: Image.Image, max_pixels: int | None) -> Image.Image:
     return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
 
 
-def decode_image(item: Any, min_size: int = DEFAULT_MIN_SIZE, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(
+    item: Any, min_size: int = DEFAULT_MIN_SIZE, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Image.Image:
     """Decode `item` (a PIL image, encoded bytes, a path, or a `datasets.Image` `{"bytes", "path"}` dict) into
     a loaded, upright RGB PIL image of at most `max_pixels` pixels (`None`: no bound); raise
     [`BadImageError`] naming the problem otherwise (see the module docstring)."""
     image = _open(item)
     stored_size = image.size
+    target_size = bounded_size(stored_size, max_pixels)
     try:
-        if bounded_size(stored_size, max_pixels) != stored_size:
-            image.draft(None, bounded_size(stored_size, max_pixels))  # JPEG: decode at a reduced scale
+        if target_size != stored_size:
+            image.draft(None, target_size)  # JPEG: decode at 1/2, 1/4 or 1/8 scale, still >= the target
         image.load()  # decode now: truncated files fail here, not inside the augmentation
         image = _upright(image)
     except Image.DecompressionBombError as error:
