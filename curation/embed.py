@@ -32,7 +32,7 @@ from typing import Any, NamedTuple, Optional, Union
 import numpy as np
 from tqdm.auto import tqdm
 
-from .inputs import ImageSet, decode_image
+from .inputs import ImageSet
 from .store import ArrowEmbeddings
 
 logger = logging.getLogger(__name__)
@@ -277,6 +277,8 @@ class _DecodedImages:
         return len(self.dataset)
 
     def __getitem__(self, row: int):
+        from modeling_dinov2.image_decoding import decode_image  # the package imports transformers: only when embedding
+
         try:
             image = decode_image(self.dataset[int(row)][self.column])
             return int(row), self.transform(image), None
@@ -476,6 +478,10 @@ def embed_images(
         settings.dim = int(dim)
         meta_file.write_text(json.dumps(asdict(settings), indent=2))
     result = load_embeddings(directory)
+    if result.failures:
+        first = result.failures[0]
+        logger.warning("%s: %d of %d images cannot be decoded and are skipped (e.g. %s: %s)", image_set.name,
+                       len(result.failures), n, first["source"], first["reason"])
     return result._replace(shards_computed=len(todo))
 
 

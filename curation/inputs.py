@@ -9,7 +9,6 @@ the report, never dropped silently.
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Sequence, Union
@@ -118,30 +117,3 @@ def load_image_set(spec: ImageSetSpec, name: str, *, image_column: Optional[str]
     if not (isinstance(dataset.features[column], Image) and not dataset.features[column].decode):
         dataset = dataset.cast_column(column, Image(decode=False))
     return ImageSet(name, dataset, column, tuple(ignored))
-
-
-def decode_image(value: Any):
-    """Decode one stored image (``{"bytes", "path"}``, a path or a PIL image) to an RGB ``PIL.Image``.
-
-    Raises whatever PIL or the file system raises (missing file, unknown format, truncated data);
-    :mod:`curation.embed` records the message as the reason the item was dropped.
-    """
-    from PIL import Image as PILImage
-
-    if isinstance(value, PILImage.Image):
-        image = value
-    elif isinstance(value, dict):
-        if value.get("bytes"):
-            image = PILImage.open(io.BytesIO(value["bytes"]))
-        elif value.get("path"):
-            image = PILImage.open(value["path"])
-        else:
-            raise ValueError("the image has neither bytes nor a path")
-    elif isinstance(value, (str, os.PathLike)):
-        image = PILImage.open(value)
-    elif value is None:
-        raise ValueError("the image is missing (None)")
-    else:
-        raise TypeError(f"cannot decode an image from {type(value).__name__}")
-    image.load()  # decode now: lazy PIL images fail later otherwise
-    return image.convert("RGB")

@@ -147,7 +147,8 @@ def drop_unreadable_images(dataset, source: str = "the dataset"):
     import datasets
     from tqdm.auto import tqdm
 
-    from pretraining.data import BadImageError, HFDatasetSource, decode_image
+    from modeling_dinov2.image_decoding import BadImageError, decode_image
+    from pretraining.data import HFDatasetSource
 
     images = HFDatasetSource(dataset, "image")  # reads the column undecoded
     bad = []

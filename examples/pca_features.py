@@ -52,13 +52,13 @@ def load_backbone(model: str | None = None, preset: str = "vit_small", seed: int
 def read_images(paths: Sequence[str]) -> list[Image.Image]:
     """The image files as RGB PIL images (transparency on white, palettes and grey converted); a file that
     cannot be read raises a `ValueError` naming it."""
-    from pretraining.data import BadImageError, decode_image
+    from modeling_dinov2.image_decoding import BadImageError, decode_image
 
     images = []
     for path in paths:
         try:
             images.append(decode_image(path, min_size=1))
-        except (BadImageError, FileNotFoundError) as error:
+        except BadImageError as error:
             raise ValueError(f"Cannot read the image {path}: {error}.") from None
     return images
 

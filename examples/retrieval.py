@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.query_images:
         from datasets import Dataset, Features, Image as ImageFeature, Value
 
-        from pretraining.data import BadImageError, decode_image
+        from modeling_dinov2.image_decoding import BadImageError, decode_image
 
         missing = [p for p in args.query_images if not Path(p).is_file()]
         if missing:

@@ -17,6 +17,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
+from modeling_dinov2.image_decoding import to_rgb
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -156,7 +158,7 @@ class MultiCropAugmentation:
     @staticmethod
     def _to_rgb(image):
         if isinstance(image, Image.Image):
-            return image if image.mode == "RGB" else image.convert("RGB")
+            return to_rgb(image)
         if isinstance(image, torch.Tensor):
             if image.dim() != 3 or image.shape[0] not in (1, 3) or image.dtype != torch.uint8:
                 raise ValueError(

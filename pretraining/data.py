@@ -1,12 +1,13 @@
 """Pretraining data: images from a `datasets.Dataset` or a folder, decoded defensively, turned into
 multi-crop samples whose randomness is a pure function of (seed, epoch, index).
 
-Bad items never stop a run. Decoding converts what can be converted (greyscale, CMYK, palette,
-16-bit and float images, alpha channels composited on white, images smaller than a crop are
-upscaled by the random resized crop) and raises [`BadImageError`] for the rest (empty, truncated,
-not an image, too small to be an image). [`MultiCropDataset`] then uses the next readable item in its
-place and records the skipped one in the sample, so the Trainer can count and report it even when
-decoding runs in DataLoader workers.
+Bad items never stop a run. Decoding ([`modeling_dinov2.image_decoding.decode_image`], shared with
+curation) converts what can be converted (greyscale, CMYK, palette, 16-bit and float images, alpha
+channels composited on white, EXIF orientation; images smaller than a crop are upscaled by the random
+resized crop), scales huge images down to a bounded size, and raises [`BadImageError`] for the rest
+(empty, truncated, not an image, too small to be an image, a decompression bomb). [`MultiCropDataset`]
+then uses the next readable item in its place and records the skipped one in the sample, so the Trainer
+can count and report it even when decoding runs in DataLoader workers.
 
 Determinism: every sample's augmentation and the batch's masks are seeded from (seed, epoch, index),
 not from the global RNG, so an interrupted and resumed run sees exactly the same crops and masks as an
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,84 +25,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
+
+from modeling_dinov2.image_decoding import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, BadImageError, decode_image
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_INSTALL = "apt-get update && apt-get install -y --no-install-recommends dataset-fashion-mnist"
-# below this side an "image" carries no usable content (a 1-px tracking pixel, a broken thumbnail)
-DEFAULT_MIN_IMAGE_SIZE = 8
-ALPHA_BACKGROUND = (255, 255, 255)
-
-
-class BadImageError(ValueError):
-    """An item that cannot be turned into an RGB image; the message says why."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# Decoding
-# ----------------------------------------------------------------------------------------------------
-def _high_bit_depth_to_8bit(image: Image.Image) -> Image.Image:
-    """16-bit ("I;16*", "I") and float ("F") images -> 8-bit greyscale, scaled by the value range
-    (`convert("L")` would clip everything above 255 to white)."""
-    values = np.asarray(image, dtype=np.float64)
-    if image.mode == "F":
-        top = 1.0 if values.max(initial=0.0) <= 1.0 else values.max()
-        low = min(values.min(initial=0.0), 0.0)
-    else:
-        low, top = 0.0, 65535.0 if values.max(initial=0) > 255 else 255.0
-    if top <= low:
-        top = low + 1.0
-    scaled = np.clip((values - low) / (top - low), 0.0, 1.0) * 255.0
-    return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB: transparency composited on white, high bit depths rescaled, CMYK/palette/
-    greyscale/YCbCr converted."""
-    if image.mode == "RGB":
-        return image
-    if image.mode.startswith("I") or image.mode == "F":
-        return _high_bit_depth_to_8bit(image).convert("RGB")
-    if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND + (255,))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def decode_image(item: Any, min_size: int = DEFAULT_MIN_IMAGE_SIZE) -> Image.Image:
-    """Decode `item` (PIL image, encoded bytes, a path, or a `datasets.Image` `{"bytes", "path"}` dict) into
-    a fully loaded RGB PIL image; raise [`BadImageError`] naming the problem otherwise."""
-    if isinstance(item, dict):
-        item = item.get("bytes") or item.get("path")
-    try:
-        if isinstance(item, Image.Image):
-            image = item
-        elif isinstance(item, (bytes, bytearray)):
-            if len(item) == 0:
-                raise BadImageError("empty file")
-            image = Image.open(io.BytesIO(item))
-        elif isinstance(item, (str, os.PathLike)):
-            if os.path.getsize(item) == 0:
-                raise BadImageError("empty file")
-            image = Image.open(item)
-        elif item is None:
-            raise BadImageError("no image data")
-        else:
-            raise BadImageError(f"unsupported item type {type(item).__name__}")
-        image.load()  # decode now: truncated files fail here, not inside the augmentation
-    except BadImageError:
-        raise
-    except UnidentifiedImageError:
-        raise BadImageError("not an image (PIL cannot identify it)") from None
-    except Image.DecompressionBombError as error:
-        raise BadImageError(f"too large to decode safely ({error})") from None
-    except (OSError, SyntaxError, ValueError) as error:  # truncated / corrupt data
-        raise BadImageError(f"corrupt or truncated image ({error})") from None
-    if min(image.size) < min_size:
-        raise BadImageError(f"too small ({image.size[0]}x{image.size[1]} px, minimum side {min_size})")
-    return to_rgb(image)
+DEFAULT_MIN_IMAGE_SIZE = DEFAULT_MIN_SIZE
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -209,6 +139,10 @@ class MultiCropDataset(Dataset):
         image_column: image column of a `datasets.Dataset`.
         seed: base seed of the augmentations.
         min_image_size: smaller images are skipped (larger ones smaller than a crop are upscaled).
+        max_image_pixels: larger images are decoded scaled down to this many pixels (`None`: full size). The
+            default, 2048 x 2048, is many times any crop side (the crops are at most `global_crops_size`, and
+            random resized crops of a larger image downsample anyway), so it changes nothing visible while
+            keeping each (cached) image under 17 MB.
         max_consecutive_bad: give up with an error after this many unreadable items in a row.
         cache_images: keep every image in memory once decoded, so each is read and decoded once per run
             instead of once per epoch (for data sets that fit in RAM, such as Fashion-MNIST; each DataLoader
@@ -223,6 +157,7 @@ class MultiCropDataset(Dataset):
         image_column: str = "image",
         seed: int = 0,
         min_image_size: int = DEFAULT_MIN_IMAGE_SIZE,
+        max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
         max_consecutive_bad: int = 100,
         cache_images: bool = False,
     ):
@@ -232,6 +167,7 @@ class MultiCropDataset(Dataset):
         self.transform = transform
         self.seed = seed
         self.min_image_size = min_image_size
+        self.max_image_pixels = max_image_pixels
         self.max_consecutive_bad = max_consecutive_bad
         self._decoded: dict[int, Image.Image] | None = {} if cache_images else None
         # shared memory: DataLoader workers (also persistent ones) see the epoch set in the main process
@@ -260,7 +196,7 @@ class MultiCropDataset(Dataset):
             if image is None:
                 raw, name = self.source[position]
                 try:
-                    image = decode_image(raw, self.min_image_size)
+                    image = decode_image(raw, self.min_image_size, self.max_image_pixels)
                 except BadImageError as error:
                     skipped.append((position, name, str(error)))
                     continue

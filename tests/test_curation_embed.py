@@ -41,7 +41,7 @@ def folder(tmp_path):
 
 def _reference(model, image_set, rows, preprocessing):
     """Direct fp32 forward pass of the model (the reference for the stored embeddings)."""
-    from curation.inputs import decode_image
+    from modeling_dinov2.image_decoding import decode_image
 
     tf = preprocessing.transform()
     x = torch.stack([tf(decode_image(image_set.dataset[int(r)]["image"])) for r in rows])
@@ -49,15 +49,20 @@ def _reference(model, image_set, rows, preprocessing):
         return model(x).pooler_output.numpy()
 
 
-def test_embeddings_match_the_model_and_failures_are_recorded(folder, tmp_path):
+def test_embeddings_match_the_model_and_failures_are_recorded(folder, tmp_path, caplog):
+    Image.new("RGB", (1, 1)).save(folder / "10_pixel.png")  # too small: skipped as pretraining skips it
     image_set = load_image_set(str(folder), "pool")
-    assert len(image_set) == 12
+    assert len(image_set) == 13
     model = _tiny_model()
-    res = embed_images(image_set, model, tmp_path / "emb", image_size=28, shard_size=5, batch_size=3,
-                       storage_dtype="float32", precision="float32", progress=False)
-    assert res.n_total == 12 and res.rows.size == 11 and res.embeddings.storage_dtype == "float32"
-    assert [f["row"] for f in res.failures] == [6]  # "05_bad.jpg" sorts after "05.png"
-    assert res.failures[0]["source"].endswith("05_bad.jpg") and "UnidentifiedImageError" in res.failures[0]["reason"]
+    with caplog.at_level("WARNING", logger="curation.embed"):
+        res = embed_images(image_set, model, tmp_path / "emb", image_size=28, shard_size=5, batch_size=3,
+                           storage_dtype="float32", precision="float32", progress=False)
+    assert res.n_total == 13 and res.rows.size == 11 and res.embeddings.storage_dtype == "float32"
+    assert [f["row"] for f in res.failures] == [6, 12]  # "05_bad.jpg" sorts after "05.png"
+    assert res.failures[0]["source"].endswith("05_bad.jpg") and "not an image" in res.failures[0]["reason"]
+    assert res.failures[1]["source"].endswith("10_pixel.png")
+    assert res.failures[1]["reason"] == "BadImageError: too small (1x1 px, minimum side 8)"
+    assert "pool: 2 of 13 images cannot be decoded and are skipped (e.g. " in caplog.text
     ref = _reference(model, image_set, res.rows, Preprocessing.for_image_size(28))
     np.testing.assert_allclose(res.embeddings.to_numpy(), ref, atol=1e-5)
     ds = res.to_dataset()  # an Arrow column of the datasets kind

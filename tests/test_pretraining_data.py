@@ -1,6 +1,7 @@
-"""Pretraining data: decoding of awkward images (converted) and broken ones (skipped with a reason), the
-bad-item replacement and report of MultiCropDataset over a folder and a datasets.Dataset, reproducible
-per-sample randomness, the epoch sampler, and a Trainer run that counts and lists the skipped images."""
+"""Pretraining data: the bad-item replacement and report of MultiCropDataset over a folder and a
+datasets.Dataset (the decoder itself is tested in test_image_decoding.py), the size bound of decoded and
+cached images, reproducible per-sample randomness, the epoch sampler, and a Trainer run that counts and
+lists the skipped images."""
 
 import io
 import json
@@ -13,14 +14,7 @@ from PIL import Image
 from ddp_pretraining_helper import GLOBAL, LOCAL, PATCH, synthetic_images, tiny_model
 from pretraining.augmentations import MultiCropAugmentation
 from pretraining.collate import MultiCropCollator
-from pretraining.data import (
-    FASHION_MNIST_DIR,
-    BadImageError,
-    EpochRandomSampler,
-    MultiCropDataset,
-    decode_image,
-    load_fashion_mnist,
-)
+from pretraining.data import FASHION_MNIST_DIR, EpochRandomSampler, MultiCropDataset, load_fashion_mnist
 from pretraining.trainer import Dinov2PretrainingArguments, Dinov2PretrainingTrainer
 
 
@@ -54,44 +48,6 @@ def write_awkward_folder(root):
     photo(size=(4, 4)).save(root / "tiny.png")
     (root / "labels.csv").write_text("a,b\n")  # not an image extension: ignored, not "bad"
     return {"truncated.jpg", "empty.png", "not_an_image.png", "tiny.png"}
-
-
-def test_decode_converts_awkward_images(tmp_path):
-    cmyk = decode_image(png_bytes(photo().convert("CMYK"), "JPEG"))
-    assert cmyk.mode == "RGB" and cmyk.size == (40, 32)
-    # 16-bit greyscale is rescaled by 65535, not clipped at 255 (0 -> 0, 32768 -> 128, 65535 -> 255)
-    deep = Image.fromarray(np.array([[0, 32768, 65535] * 4] * 12, dtype=np.uint16))
-    rgb = np.asarray(decode_image(png_bytes(deep)))
-    assert rgb.shape == (12, 12, 3) and rgb[0, :3, 0].tolist() == [0, 128, 255]
-    # transparency is composited on white
-    rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))
-    rgba.putpixel((0, 0), (255, 0, 0, 255))
-    out = np.asarray(decode_image(png_bytes(rgba)))
-    assert out[5, 5].tolist() == [255, 255, 255] and out[0, 0].tolist() == [255, 0, 0]
-    palette = decode_image(png_bytes(photo().convert("P")))
-    assert palette.mode == "RGB"
-    grey = decode_image(Image.new("L", (9, 9), 7))
-    assert np.asarray(grey)[0, 0].tolist() == [7, 7, 7]
-    floats = decode_image(Image.fromarray(np.full((9, 9), 0.5, dtype=np.float32)))
-    assert np.asarray(floats)[0, 0, 0] == 128
-
-
-@pytest.mark.parametrize(
-    "data, reason",
-    [(b"", "empty"), (b"hello", "not an image"), (None, "no image data"), (3, "unsupported")],
-)
-def test_decode_rejects_broken_items_with_a_reason(data, reason):
-    with pytest.raises(BadImageError, match=reason):
-        decode_image(data)
-
-
-def test_decode_rejects_truncated_and_too_small():
-    jpeg = png_bytes(photo(size=(64, 64)), "JPEG")
-    with pytest.raises(BadImageError, match="truncated"):
-        decode_image(jpeg[: len(jpeg) // 3])
-    with pytest.raises(BadImageError, match="too small"):
-        decode_image(png_bytes(photo(size=(4, 4))))
-    assert decode_image(png_bytes(photo(size=(4, 4))), min_size=1).size == (4, 4)
 
 
 def augmentation():
@@ -176,6 +132,27 @@ def test_cached_images_are_read_once_and_give_the_same_samples():
     assert plain_source.reads[:3] == [6, 3, 3]  # item 0 also stands in for item 3
     assert cached_source.reads[:3] == [1, 1, 1]  # decoded once per run, not once per epoch
     assert cached_source.reads[3] >= 3
+
+
+def test_huge_images_are_decoded_and_cached_at_a_bounded_size(tmp_path):
+    """Issue 21 item 6: a huge image is kept (and cached) scaled down to the pixel bound, not at full size."""
+    from modeling_dinov2.image_decoding import DEFAULT_MAX_PIXELS
+    from pretraining.batched_augmentations import to_uint8_image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    photo(size=(400, 300)).save(folder / "big.png")
+    photo(size=(640, 480), seed=1).save(folder / "big.jpg", quality=90)
+    photo(size=(30, 20), seed=2).save(folder / "small.png")
+    dataset = MultiCropDataset(folder, to_uint8_image, cache_images=True, max_image_pixels=100 * 100)
+    shapes = {path.name: tuple(dataset[i]["image"].shape) for i, path in enumerate(dataset.source.files)}
+    assert shapes == {"big.jpg": (3, 86, 115), "big.png": (3, 86, 115), "small.png": (3, 20, 30)}
+    assert all(image.width * image.height <= 100 * 100 for image in dataset._decoded.values())
+    # by default: at most 2048 x 2048 pixels (a flat image: cheap to write and decode)
+    Image.new("RGB", (4200, 1100), (9, 99, 199)).save(folder / "big.png")
+    image = MultiCropDataset(folder, to_uint8_image)[1]["image"]
+    assert image.shape == (3, 1048, 4001) and image.shape[1] * image.shape[2] <= DEFAULT_MAX_PIXELS
+    assert image[:, 500, 2000].tolist() == [9, 99, 199]
 
 
 def test_epoch_sampler():
