@@ -35,6 +35,7 @@ from .batched_augmentations import BatchedMultiCropAugmentation, to_uint8_image
 from .collate import MultiCropCollator
 from .configuration_self_distillation import Dinov2SelfDistillationConfig
 from .data import (
+    DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_IMAGE_SIZE,
     ImageFolderSource,
     MultiCropDataset,
@@ -182,6 +183,11 @@ class DataArguments:
     colour_jitter_probability: float = field(default=0.8, metadata={"help": "Probability of the colour jitter."})
     solarize_probability: float = field(default=0.2, metadata={"help": "Probability of solarizing global crop 2."})
     min_image_size: int = field(default=DEFAULT_MIN_IMAGE_SIZE, metadata={"help": "Skip images smaller than this."})
+    max_image_pixels: int = field(
+        default=DEFAULT_MAX_PIXELS,
+        metadata={"help": "Decode larger images scaled down to this many pixels (aspect ratio kept; JPEGs at a reduced "
+                  "scale), so one huge file costs tens of MB once decoded; 0 keeps every image at full size."},
+    )
     cache_images: bool = field(
         default=False,
         metadata={"help": "Keep the decoded images in memory, so each is decoded once per run, not once per epoch "
@@ -387,7 +393,7 @@ def build_data(data_args: DataArguments, patch_size: int, seed: int, images=None
     images = load_images(data_args) if images is None else images
     dataset = MultiCropDataset(images, to_uint8_image if batched else augmentation,
                                image_column=data_args.image_column, seed=seed, min_image_size=data_args.min_image_size,
-                               cache_images=data_args.cache_images)
+                               max_image_pixels=data_args.max_image_pixels or None, cache_images=data_args.cache_images)
     collator = MultiCropCollator(
         patch_size=patch_size,
         global_crops_size=data_args.global_crops_size,
