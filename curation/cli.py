@@ -248,18 +248,20 @@ def cmd_run(args: RunArguments) -> None:
 
 
 def cmd_embed(args: EmbedArguments) -> None:
-    from .embed import embed_images
+    from .embed import FAILURE_KINDS, embed_images, failure_kind
     from .inputs import load_image_set
 
     spec = args.input
-    if spec.endswith(".txt") and Path(spec).is_file():
-        spec = [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
+    if spec.endswith(".txt") and Path(spec).is_file():  # file names that are not UTF-8 survive surrogateescape
+        lines = Path(spec).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+        spec = [line.strip() for line in lines if line.strip()]
     image_set = load_image_set(spec, args.name, image_column=args.image_column)
     res = embed_images(image_set, args.model, args.output_dir, batch_size=args.batch_size, shard_size=args.shard_size,
                        pooling=args.pooling, storage_dtype=args.storage_dtype, precision=args.precision,
                        image_size=args.image_size, device=args.device, num_workers=args.num_workers,
                        overwrite=args.overwrite)
-    payload = {"images": res.n_total, "embedded": int(res.rows.size), "undecodable": len(res.failures),
+    kinds = [failure_kind(f) for f in res.failures]
+    payload = {"images": res.n_total, "embedded": int(res.rows.size), **{k: kinds.count(k) for k in FAILURE_KINDS},
                "dim": res.embeddings.dim, "shards_computed": res.shards_computed, "failures": res.failures[:20]}
     print(json.dumps(payload, indent=2))
 

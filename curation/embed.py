@@ -6,7 +6,9 @@ on CPUs that support it), and writes every ``shard_size`` input rows as one Arro
 (``fixed_size_list<float16|float32>[d]``). A shard is written to a temporary name and renamed when
 complete, so a killed run leaves only whole shards behind, and the next call computes only the missing
 ones. Images that cannot be decoded are listed with the reason in ``shard-00000.failures.json`` (written
-before the shard is renamed) and never get an embedding. On resume, leftover ``*.tmp`` files are
+before the shard is renamed) and never get an embedding. So are images whose embedding has no direction,
+which cosine similarity cannot compare: an all-zero embedding (a blank, uniform image under ``pixels:N``)
+or one with NaN or inf. Each failure has a ``kind`` (:data:`FAILURE_KINDS`) and a ``reason``. On resume, leftover ``*.tmp`` files are
 deleted, and every shard on disk is checked (readable, embeddings + failures = its input rows); a
 damaged one is computed again.
 
@@ -41,6 +43,13 @@ POOLINGS = ("cls", "mean", "cls+mean")
 STORAGE_DTYPES = ("float16", "float32")
 PRECISIONS = ("auto", "bfloat16", "float16", "float32")
 META_FILE = "embedding_meta.json"
+#: Kinds of failure: the image cannot be decoded, or its embedding is all zeros / not finite.
+UNDECODABLE, ZERO_EMBEDDING, NON_FINITE_EMBEDDING = "undecodable", "zero_embedding", "non_finite_embedding"
+FAILURE_KINDS = (UNDECODABLE, ZERO_EMBEDDING, NON_FINITE_EMBEDDING)
+_UNUSABLE_REASONS = {
+    ZERO_EMBEDDING: "blank image (zero embedding): a uniform image has no direction to compare",
+    NON_FINITE_EMBEDDING: "the embedding holds NaN or inf (try precision float32)",
+}
 SHARD_DIR = "shards"
 
 # DINOv2's evaluation transform (resize the short side to 256, centre-crop 224, ImageNet statistics).
@@ -228,7 +237,8 @@ class EmbeddingResult(NamedTuple):
     Attributes:
         embeddings: :class:`~curation.store.ArrowEmbeddings` over the decodable rows, in input order.
         rows: ``(M,)`` int64 input row of each embedding.
-        failures: one dict per undecodable input row: ``row``, ``source`` and ``reason``.
+        failures: one dict per input row without an embedding: ``row``, ``source``, ``kind`` (one of
+            :data:`FAILURE_KINDS`) and ``reason``.
         n_total: rows of the input.
         settings: the :class:`EmbeddingSettings`.
         shards_computed: shards computed by this call (the others were already on disk).
@@ -255,6 +265,18 @@ def _input_fingerprint(image_set: ImageSet) -> str:
     if fingerprint:
         return str(fingerprint)
     return hashlib.sha256(str(len(image_set)).encode()).hexdigest()[:16]  # pragma: no cover
+
+
+def failure_kind(failure: dict) -> str:
+    """The kind of a failure record (records written before kinds existed are undecodable images)."""
+    return failure.get("kind", UNDECODABLE)
+
+
+def _unusable(vectors: np.ndarray) -> list:
+    """Per row: ``None`` when the embedding can be normalised, else its failure kind (zero or non-finite)."""
+    finite = np.isfinite(vectors).all(axis=1)
+    nonzero = (vectors != 0).any(axis=1)
+    return [None if ok and nz else (ZERO_EMBEDDING if ok else NON_FINITE_EMBEDDING) for ok, nz in zip(finite, nonzero)]
 
 
 def _shard_path(directory: Path, shard: int) -> Path:
@@ -453,23 +475,31 @@ def embed_images(
         ok = [(row, pixels) for row, pixels, err in items if err is None]
         for row, _, err in items:
             if err is not None:
-                entry["failures"].append({"row": row, "source": image_set.source_of(row), "reason": err})
+                entry["failures"].append({"row": row, "source": image_set.source_of(row), "kind": UNDECODABLE,
+                                          "reason": err})
         if ok:
             pixels = torch.stack([p for _, p in ok]).to(device)
             with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=autocast_dtype or torch.float32,
                                                  enabled=autocast_dtype is not None):
                 features = pool_output(module(pixels), pooling, loaded.num_prefix_tokens)
-            vectors = features.float().cpu().numpy()
+            vectors = features.float().cpu().numpy().astype(storage_dtype)  # checked as they will be stored
             dim = vectors.shape[1]
-            entry["rows"].extend(row for row, _ in ok)
-            entry["vectors"].append(vectors)
+            kinds = _unusable(vectors)
+            for (row, _), kind in zip(ok, kinds):
+                if kind is not None:
+                    entry["failures"].append({"row": row, "source": image_set.source_of(row), "kind": kind,
+                                              "reason": _UNUSABLE_REASONS[kind]})
+            usable = np.array([kind is None for kind in kinds])
+            entry["rows"].extend(row for (row, _), good in zip(ok, usable) if good)
+            entry["vectors"].append(vectors[usable])
         entry["seen"] += len(items)
         bar.update(len(items))
         if entry["seen"] == min(shard_size, n - shard * shard_size):
             if dim is None:  # a shard where nothing decodes, before any embedding was seen
                 dim = _probe_dim(module, loaded, pooling, device)
             vectors = np.concatenate(entry["vectors"]) if entry["vectors"] else np.empty((0, dim), np.float32)
-            _write_shard(directory, shard, entry["rows"], vectors, entry["failures"], storage_dtype)
+            failures = sorted(entry["failures"], key=lambda f: f["row"])
+            _write_shard(directory, shard, entry["rows"], vectors, failures, storage_dtype)
             del pending[shard]
     bar.close()
     if dim is not None and settings.dim != dim:

@@ -3,7 +3,8 @@
 Steps, in the order of DINOv2 App. A and Vo et al. 2024 (each can be switched off in the config):
 
 1. **Embed** the pool, the seed sets and the evaluation sets (:mod:`curation.embed`; resumable shards).
-   Undecodable images are removed with reason ``undecodable``.
+   Undecodable images are removed with reason ``undecodable``; images whose embedding is all zeros (a
+   blank image under ``pixels:N``) or not finite with ``zero_embedding`` / ``non_finite_embedding``.
 2. **De-duplicate** the pool: k-NN graph, edges with cosine ``> dedup.threshold``, connected
    components, one keeper per component (reasons ``duplicate`` / ``duplicate_chain``).
 3. **Decontaminate** against the evaluation sets: every pool item in a component (at
@@ -49,7 +50,7 @@ from tqdm.auto import tqdm
 
 from .config import CurationConfig
 from .dedup import deduplicate, decontaminate, knn_edges
-from .embed import EmbeddingResult, embed_images, load_model
+from .embed import UNDECODABLE, EmbeddingResult, embed_images, failure_kind, load_model
 from .index import build_index
 from .inputs import ImageSet, load_image_set
 from .kmeans import assign_to_centroids, hierarchical_kmeans
@@ -61,7 +62,7 @@ from .store import ArraySource, EmbeddingSource, SubsetSource
 logger = logging.getLogger(__name__)
 
 POOL = "pool"
-REASON_UNDECODABLE = "undecodable"
+REASON_UNDECODABLE = UNDECODABLE
 REASON_NOT_RETRIEVED = "not_retrieved"
 REASON_NOT_SAMPLED = "not_sampled"
 REASON_NOT_SELECTED = "not_selected"
@@ -142,6 +143,13 @@ def _embed_all(cfg: CurationConfig, sets: dict, out: Path, which: str, model: An
     }
 
 
+def _failures(name: str, semantic: dict, copy_emb: dict) -> dict:
+    """``{row: failure record}`` of a set's images without an embedding, under either model (semantic first)."""
+    failures = {f["row"]: f for f in (copy_emb[name].failures if name in copy_emb else [])}
+    failures.update({f["row"]: f for f in semantic[name].failures})
+    return failures
+
+
 def _aligned(result: EmbeddingResult, rows: np.ndarray) -> EmbeddingSource:
     """The embeddings of the given input rows (which must all have one), in that order."""
     position = np.full(result.n_total, -1, dtype=np.int64)
@@ -213,13 +221,13 @@ def curate(
 
     n_pool = len(pool_set)
     ledger = _PoolLedger(n_pool)
-    failed = {f["row"]: f["reason"] for f in semantic[POOL].failures}
-    failed.update({f["row"]: f["reason"] for f in copy_emb[POOL].failures if f["row"] not in failed})
-    if failed:
-        rows = np.fromiter(failed, dtype=np.int64)
-        ledger.remove(rows, REASON_UNDECODABLE, detail=np.array([failed[r] for r in rows], dtype=object))
+    failed = _failures(POOL, semantic, copy_emb)
+    for kind in sorted({failure_kind(f) for f in failed.values()}):  # reason: the kind; detail: the message
+        rows = np.array([row for row, f in failed.items() if failure_kind(f) == kind], dtype=np.int64)
+        ledger.remove(rows, kind, detail=np.array([failed[row]["reason"] for row in rows], dtype=object))
     valid = ledger.alive()
-    counts = {"input": n_pool, "decodable": int(valid.size)}
+    n_undecodable = sum(failure_kind(f) == UNDECODABLE for f in failed.values())
+    counts = {"input": n_pool, "decodable": n_pool - n_undecodable, "embedded": int(valid.size)}
     report: dict = {"config": cfg.to_dict(), "models": {"semantic": semantic[POOL].settings.model,
                                                         "dedup": copy_emb[POOL].settings.model}}
     ignored = {name: list(s.ignored_files) for name, s in {POOL: pool_set, **seed_sets, **eval_sets_}.items()
@@ -390,10 +398,12 @@ def curate(
     accounting = {POOL: {"total": n_pool, "outcome": _count(ledger.reason)}}
     for name in [*seed_sets, *eval_sets_]:
         emb = semantic[name]
-        bad = {f["row"] for f in emb.failures} | ({f["row"] for f in copy_emb[name].failures} if name in copy_emb else set())
+        bad = _failures(name, semantic, copy_emb)
         role = KEPT if (name in seed_sets and cfg.include_seeds) else "used_as_reference"
-        accounting[name] = {"total": emb.n_total, "outcome": {role: emb.n_total - len(bad), REASON_UNDECODABLE: len(bad)}}
-        accounting[name]["outcome"] = {k: v for k, v in accounting[name]["outcome"].items() if v}
+        outcome = {role: emb.n_total - len(bad)}
+        for failure in bad.values():
+            outcome[failure_kind(failure)] = outcome.get(failure_kind(failure), 0) + 1
+        accounting[name] = {"total": emb.n_total, "outcome": {k: v for k, v in outcome.items() if v}}
     check_accounting(accounting)
 
     # ------------------------------------------------------------------ outputs
@@ -433,7 +443,7 @@ def curate(
     lap("write")
 
     if clustering is not None:
-        # The whole decodable pool, assigned to the finest centroids, shows what dedup removed too.
+        # The whole embedded pool, assigned to the finest centroids, shows what dedup removed too.
         pool_ids = [assign_to_centroids(_aligned(semantic[POOL], valid).normalized(), clustering.levels[0].centroids,
                                         device=cfg.index.device, progress=cfg.progress,
                                         desc="report: pool cluster sizes")[0]]
@@ -449,7 +459,7 @@ def curate(
         report["clustering"] = {"n_clusters": [int(k) for k in ks],
                                 **{stage: [balance_summary(h) for h in hs] for stage, hs in hist.items()}}
         plot_cluster_sizes(hist, out / "cluster_sizes.png",
-                           title=f"cluster sizes: {valid.size} decodable -> {candidates.size} after dedup and "
+                           title=f"cluster sizes: {valid.size} embedded -> {candidates.size} after dedup and "
                                  f"decontamination -> {int(copies.sum())} curated")
     report.update({
         "thresholds": {"dedup": dedup_cfg.threshold if dedup_cfg.enabled else None,
@@ -589,7 +599,7 @@ def source_names(image_set: ImageSet, rows: np.ndarray, chunk: int = 65_536) -> 
 
 def _removal_log(pool_set: ImageSet, ledger: _PoolLedger, seed_sets: dict, eval_sets: dict, semantic: dict,
                  copy_emb: dict, *, chunk: int = 65_536, progress: bool = True):
-    """One row per removed pool item and per undecodable seed / eval image (``LOG_COLUMNS``).
+    """One row per removed pool item and per seed / eval image without an embedding (``LOG_COLUMNS``).
 
     Built as Arrow columns ``chunk`` rows at a time, so a log of millions of rows holds no per-row
     Python objects beyond one chunk.
@@ -617,14 +627,12 @@ def _removal_log(pool_set: ImageSet, ledger: _PoolLedger, seed_sets: dict, eval_
             "detail": pa.array(ledger.detail[part], pa.string()),
         }, schema=schema))
     for name in [*seed_sets, *eval_sets]:
-        failures = {f["row"]: f for f in semantic[name].failures}
-        failures.update({f["row"]: f for f in (copy_emb[name].failures if name in copy_emb else [])
-                         if f["row"] not in failures})
+        failures = _failures(name, semantic, copy_emb)
         if failures:
             fs = [failures[r] for r in sorted(failures)]
             tables.append(pa.table({
                 "set": [name] * len(fs), "index": [f["row"] for f in fs], "source": [f["source"] for f in fs],
-                "reason": [REASON_UNDECODABLE] * len(fs), "matched_set": [""] * len(fs), "matched_index": [-1] * len(fs),
+                "reason": [failure_kind(f) for f in fs], "matched_set": [""] * len(fs), "matched_index": [-1] * len(fs),
                 "similarity": [float("nan")] * len(fs), "detail": [f["reason"] for f in fs],
             }, schema=schema))
     table = pa.concat_tables(tables) if tables else schema.empty_table()

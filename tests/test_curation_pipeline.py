@@ -301,3 +301,45 @@ def test_sampling_config_checks_the_multiplier():
         CurationConfig(sampling={"multiplier": 0})
     with pytest.raises(ValueError, match=r"target_fraction must be in \(0, sampling.multiplier = 1\]"):
         CurationConfig(sampling={"target_fraction": 1.5})
+
+
+def test_a_file_name_that_is_not_utf8_and_a_blank_image_do_not_stop_the_run(tmp_path, capsys):
+    """Issue 21 item 3: such inputs end kept (the bad name) or logged with a reason (the blank image)."""
+    import os
+
+    import pandas as pd
+    from datasets import load_from_disk
+
+    from curation.cli import main
+
+    rng = np.random.default_rng(0)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(pool / f"{i:02d}.png")
+    odd_pixels = rng.integers(0, 255, (16, 16), dtype=np.uint8)
+    with open(os.path.join(os.fsencode(pool), b"odd\xff.png"), "wb") as f:  # not valid UTF-8
+        Image.fromarray(odd_pixels).save(f, format="PNG")
+    Image.fromarray(np.full((16, 16), 128, np.uint8)).save(pool / "blank.png")  # zero embedding under pixels:N
+    cfg = tmp_path / "curate.yaml"
+    cfg.write_text(f"pool: {pool}\noutput_dir: {tmp_path / 'out'}\nprogress: false\n"
+                   "embedding: {model: 'pixels:8'}\nclustering: {n_clusters: [3]}\n")
+    main(["run", "--config", str(cfg)])
+
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["accounting"]["pool"] == {"total": 12, "outcome": {"kept": 11, "zero_embedding": 1}}
+    assert report["removed_by_reason"] == {"zero_embedding": 1}
+    assert report["counts"]["decodable"] == 12 and report["counts"]["embedded"] == 11
+    removal = pd.read_parquet(tmp_path / "out" / "removal_log.parquet")
+    assert removal.source.tolist() == [str(pool / "blank.png")] and removal.reason.tolist() == ["zero_embedding"]
+    assert removal.detail.iloc[0].startswith("blank image (zero embedding)")
+    curated = load_from_disk(str(tmp_path / "out" / "dataset"))
+    names = [p.rsplit("/", 1)[-1] for p in curated["path"]]
+    assert "odd\\xff.png" in names  # shown with an escape; the pixels are the file's own
+    np.testing.assert_array_equal(np.array(curated[names.index("odd\\xff.png")]["image"].convert("L")), odd_pixels)
+
+    # the single embedding step counts the blank image, and lists the file with the odd name
+    capsys.readouterr()
+    main(["embed", "--input", str(pool), "--model", "pixels:8", "--output_dir", str(tmp_path / "emb")])
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["images"], summary["embedded"], summary["zero_embedding"], summary["undecodable"]) == (12, 11, 1, 0)
