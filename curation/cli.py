@@ -262,7 +262,9 @@ def cmd_embed(args: EmbedArguments) -> None:
                        overwrite=args.overwrite)
     kinds = [failure_kind(f) for f in res.failures]
     payload = {"images": res.n_total, "embedded": int(res.rows.size), **{k: kinds.count(k) for k in FAILURE_KINDS},
-               "dim": res.embeddings.dim, "shards_computed": res.shards_computed, "failures": res.failures[:20]}
+               "dim": res.embeddings.dim, "shards_computed": res.shards_computed,
+               "embeddings_computed": res.embeddings_computed, "embeddings_reused": res.embeddings_reused,
+               "failures": res.failures[:20]}
     print(json.dumps(payload, indent=2))
 
 

@@ -13,8 +13,13 @@ deleted, and every shard on disk is checked (readable, embeddings + failures = i
 damaged one is computed again.
 
 The directory also holds ``embedding_meta.json``: the model, pooling, preprocessing, storage dtype and a
-fingerprint of the input. Resuming with different settings raises an error instead of mixing
-embeddings from two models.
+fingerprint of the input (which images, in which order). Resuming with different settings raises an error
+instead of mixing embeddings from two models.
+
+An image can change while its path stays the same, so every shard also records what its rows were made
+from, in ``shard-00000.inputs.json``: a hash of each row's image bytes (images held in a dataset) or of its
+file's path, size and modification time (image files, which are not read again just to check). On resume a
+shard whose inputs changed is embedded again; the others are reused, and the result counts both.
 
 Pooling: ``"cls"`` is ``pooler_output`` (the final-normed CLS token, what DINOv2's k-NN evaluation
 uses), ``"mean"`` the mean of the normed patch tokens, ``"cls+mean"`` their concatenation (DINOv2's
@@ -243,6 +248,8 @@ class EmbeddingResult(NamedTuple):
         settings: the :class:`EmbeddingSettings`.
         shards_computed: shards computed by this call (the others were already on disk).
         directory: the embedding directory.
+        embeddings_computed: embeddings computed by this call.
+        embeddings_reused: embeddings reused from shards already on disk (their inputs had not changed).
     """
 
     embeddings: ArrowEmbeddings
@@ -252,6 +259,8 @@ class EmbeddingResult(NamedTuple):
     settings: EmbeddingSettings
     shards_computed: int
     directory: str
+    embeddings_computed: int = 0
+    embeddings_reused: int = 0
 
     def to_dataset(self):
         """The embeddings as one memory-mapped ``datasets.Dataset`` (columns ``row``, ``embedding``)."""
@@ -279,8 +288,48 @@ def _unusable(vectors: np.ndarray) -> list:
     return [None if ok and nz else (ZERO_EMBEDDING if ok else NON_FINITE_EMBEDDING) for ok, nz in zip(finite, nonzero)]
 
 
+def _shard_inputs_fingerprints(image_set: ImageSet, n_shards: int, shard_size: int, chunk: int = 256) -> list:
+    """Per shard, a hash of what its rows are embedded from: the image bytes, or the file's path, size and mtime."""
+    view = image_set.dataset.select_columns([image_set.image_column]).with_format("arrow")
+    n = len(image_set)
+    fingerprints = []
+    for shard in range(n_shards):
+        digest = hashlib.blake2b(digest_size=16)
+        for start in range(shard * shard_size, min(n, (shard + 1) * shard_size), chunk):
+            stop = min(n, (shard + 1) * shard_size, start + chunk)
+            images = view[start:stop].column(image_set.image_column).combine_chunks()
+            for data, path in zip(images.field("bytes").to_pylist(), images.field("path").to_pylist()):
+                if data is not None:
+                    digest.update(b"bytes %d:" % len(data) + data)
+                else:
+                    digest.update(f"file {path}:{_file_state(path)};".encode("utf-8", "surrogateescape"))
+        fingerprints.append(digest.hexdigest())
+    return fingerprints
+
+
+def _file_state(path: Optional[str]) -> str:
+    """``size:mtime_ns`` of a file, or why there is none (a file that appears later changes the fingerprint)."""
+    try:
+        stat = os.stat(path)
+    except (OSError, TypeError, ValueError) as err:
+        return type(err).__name__
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def _shard_path(directory: Path, shard: int) -> Path:
     return directory / SHARD_DIR / f"shard-{shard:05d}.arrow"
+
+
+def _inputs_path(directory: Path, shard: int) -> Path:
+    return directory / SHARD_DIR / f"shard-{shard:05d}.inputs.json"
+
+
+def _recorded_inputs(directory: Path, shard: int) -> Optional[str]:
+    """The input fingerprint recorded with a shard (``None`` if there is none, e.g. written by an older version)."""
+    try:
+        return json.loads(_inputs_path(directory, shard).read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _failures_path(directory: Path, shard: int) -> Path:
@@ -336,19 +385,25 @@ def _replace_durably(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def _write_shard(directory: Path, shard: int, rows: list, vectors: np.ndarray, failures: list, storage_dtype: str) -> None:
-    """Write one shard atomically: failures first, then the Arrow file, each under a temporary name, then rename.
+def _write_json_durably(path: Path, payload: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload))
+    _replace_durably(tmp, path)
 
-    The Arrow file is renamed last, so its presence means that the shard and its failures are complete.
+
+def _write_shard(directory: Path, shard: int, rows: list, vectors: np.ndarray, failures: list, storage_dtype: str,
+                 inputs_fingerprint: str) -> None:
+    """Write one shard atomically: failures and input fingerprint first, then the Arrow file, each under a
+    temporary name, then renamed.
+
+    The Arrow file is renamed last, so its presence means that the shard and its records are complete.
     """
     from datasets import Features, List, Value
     from datasets.arrow_writer import ArrowWriter
 
     dim = vectors.shape[1]
-    failures_file = _failures_path(directory, shard)
-    failures_tmp = failures_file.with_suffix(".json.tmp")
-    failures_tmp.write_text(json.dumps(failures))
-    _replace_durably(failures_tmp, failures_file)
+    _write_json_durably(_failures_path(directory, shard), failures)
+    _write_json_durably(_inputs_path(directory, shard), {"fingerprint": inputs_fingerprint})
     final = _shard_path(directory, shard)
     tmp = final.with_suffix(".arrow.tmp")
     features = Features({"row": Value("int64"), "embedding": List(Value(storage_dtype), length=dim)})
@@ -447,13 +502,18 @@ def embed_images(
     n_shards = (n + shard_size - 1) // shard_size
     for stale in (directory / SHARD_DIR).glob("*.tmp"):  # left by a run killed while writing
         stale.unlink()
+    inputs = _shard_inputs_fingerprints(image_set, n_shards, shard_size)
     todo = []
     for s in range(n_shards):
         if _shard_path(directory, s).exists():
             problem = _shard_problem(directory, s, min(shard_size, n - s * shard_size))
-            if problem is None:
+            if problem is None and _recorded_inputs(directory, s) == inputs[s]:
                 continue
-            logger.warning("%s: shard %d is damaged (%s); computing it again", directory, s, problem)
+            if problem is None:
+                logger.info("%s: the input images of shard %d changed since it was embedded; embedding it again",
+                            directory, s)
+            else:
+                logger.warning("%s: shard %d is damaged (%s); computing it again", directory, s, problem)
             _shard_path(directory, s).unlink()
         todo.append(s)
     if todo and len(todo) < n_shards:
@@ -499,14 +559,17 @@ def embed_images(
                 dim = _probe_dim(module, loaded, pooling, device)
             vectors = np.concatenate(entry["vectors"]) if entry["vectors"] else np.empty((0, dim), np.float32)
             failures = sorted(entry["failures"], key=lambda f: f["row"])
-            _write_shard(directory, shard, entry["rows"], vectors, failures, storage_dtype)
+            _write_shard(directory, shard, entry["rows"], vectors, failures, storage_dtype, inputs[shard])
             del pending[shard]
     bar.close()
     if dim is not None and settings.dim != dim:
         settings.dim = int(dim)
         meta_file.write_text(json.dumps(asdict(settings), indent=2))
     result = load_embeddings(directory)
-    return result._replace(shards_computed=len(todo))
+    computed = int(np.isin(result.rows // shard_size, todo).sum())
+    reused = int(result.rows.size) - computed
+    logger.info("%s: %d embeddings computed, %d reused from earlier shards", directory, computed, reused)
+    return result._replace(shards_computed=len(todo), embeddings_computed=computed, embeddings_reused=reused)
 
 
 def _probe_dim(module, loaded: LoadedModel, pooling: str, device: str) -> int:

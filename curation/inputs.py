@@ -14,6 +14,7 @@ other image, and its path is shown with ``\\xNN`` escapes for the bytes that are
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -87,7 +88,10 @@ def _files_dataset(paths: Sequence[str]):
         logger.warning("%d file name(s) are not valid UTF-8; their images are read now and their paths shown with "
                        "\\x escapes, e.g. %s", len(renamed), renamed[0])
     features = Features({"image": Image(decode=False), "path": Value("string")})
-    return Dataset.from_dict({"image": entries, "path": [e["path"] for e in entries]}, features=features)
+    dataset = Dataset.from_dict({"image": entries, "path": [e["path"] for e in entries]}, features=features)
+    # Named by its list of files, not by what bytes were read: curation.embed checks file contents per shard.
+    names = hashlib.blake2b(b"\0".join(os.fsencode(p) for p in paths), digest_size=8).hexdigest()
+    return Dataset(dataset.data, info=dataset.info, fingerprint=f"files-{len(paths)}-{names}")
 
 
 def _find_image_column(dataset, image_column: Optional[str]) -> str:

@@ -150,6 +150,11 @@ def _failures(name: str, semantic: dict, copy_emb: dict) -> dict:
     return failures
 
 
+def _reuse_counts(results: dict) -> dict:
+    """Per set: embeddings computed by this run and reused from an earlier one."""
+    return {name: {"computed": r.embeddings_computed, "reused": r.embeddings_reused} for name, r in results.items()}
+
+
 def _aligned(result: EmbeddingResult, rows: np.ndarray) -> EmbeddingSource:
     """The embeddings of the given input rows (which must all have one), in that order."""
     position = np.full(result.n_total, -1, dtype=np.int64)
@@ -230,6 +235,9 @@ def curate(
     counts = {"input": n_pool, "decodable": n_pool - n_undecodable, "embedded": int(valid.size)}
     report: dict = {"config": cfg.to_dict(), "models": {"semantic": semantic[POOL].settings.model,
                                                         "dedup": copy_emb[POOL].settings.model}}
+    report["embeddings"] = {"model": _reuse_counts(semantic)}  # reused: their shards' inputs had not changed
+    if copy_emb is not semantic:
+        report["embeddings"]["dedup_model"] = _reuse_counts(copy_emb)
     ignored = {name: list(s.ignored_files) for name, s in {POOL: pool_set, **seed_sets, **eval_sets_}.items()
                if s.ignored_files}
     if ignored:
