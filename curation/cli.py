@@ -47,6 +47,10 @@ from typing import Optional
 
 import numpy as np
 
+from modeling_dinov2.output_lock import OutputDirBusyError
+
+from .checks import COSINE, COUNT, DEVICE, SettingError, either, integer, list_of, optional
+
 STEPS = ("run", "embed", "dedup", "decontaminate", "retrieve", "cluster", "sample", "push")
 
 
@@ -65,8 +69,9 @@ class RunArguments:
 
     config: str = _opt(None, "YAML or JSON config file; its settings are listed below.")
     output_dir: Optional[str] = _opt(None, "Overrides the config's output_dir.")
-    set: list[str] = _opt(None, "Override settings, e.g. --set dedup.threshold=0.7 sampling.target_size=1000.",
-                          default_factory=list)
+    set: list[str] = field(default_factory=list, metadata={
+        "help": "Override settings, e.g. --set dedup.threshold=0.7 sampling.target_size=1000 (repeatable).",
+        "action": "extend"})
 
 
 @dataclass
@@ -195,8 +200,37 @@ REQUIRED = {"run": ("config",), "embed": ("input", "model", "output_dir"), "dedu
             "push": ("curated_dir", "repo_id")}
 
 
+#: What the numeric and device options accept (argparse checks their types and the listed choices).
+OPTION_RULES = {
+    "threshold": COSINE, "k": COUNT, "batch_size": COUNT, "shard_size": COUNT, "num_workers": integer(0),
+    "image_size": optional(COUNT), "device": DEVICE, "faiss_device": DEVICE, "nprobe": optional(COUNT),
+    "nlist": optional(COUNT), "n_neighbors": COUNT, "n_clusters": optional(either(COUNT, list_of(COUNT))),
+    "min_seeds": integer(0), "per_cluster": COUNT, "max_total": optional(COUNT), "n_resampling_steps": integer(0),
+    "n_iter": COUNT, "max_points_per_centroid": optional(COUNT), "target_size": optional(COUNT),
+    "multiplier": COUNT, "seed": integer(0),
+}
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults in the option help, and the description / epilog printed as written."""
+
+
+def _fail(message: str, code: int = 1) -> None:
+    """Stop with one line on stderr: ``dinov2-curate: error: <message>``."""
+    print(f"dinov2-curate: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _parser_class():
+    from transformers import HfArgumentParser
+
+    class Parser(HfArgumentParser):
+        """Option errors as one line (no usage block), pointing to the step's --help."""
+
+        def error(self, message: str) -> None:
+            _fail(f"{message.rstrip('.')} (see {self.prog} --help)", code=2)
+
+    return Parser
 
 
 def _usage() -> str:
@@ -215,6 +249,16 @@ def _out(path: str) -> Path:
 def _write_json(out: Path, payload: dict) -> None:
     (out / "result.json").write_text(json.dumps(payload, indent=2, default=str))
     print(json.dumps(payload, indent=2, default=str))
+
+
+def _embeddings(path: str, option: str):
+    """The embedding directory given to ``option``; one that is missing or incomplete is a bad option value."""
+    from .embed import load_embeddings
+
+    try:
+        return load_embeddings(path)
+    except (OSError, ValueError) as err:
+        raise SettingError(f"{option}: {err}") from err
 
 
 def _index_config(args: IndexArguments):
@@ -239,24 +283,29 @@ def cmd_run(args: RunArguments) -> None:
     cfg = CurationConfig.from_file(args.config)
     for item in args.set:
         if "=" not in item:
-            raise SystemExit(f"error: --set expects KEY=VALUE; received {item!r}")
+            raise SettingError(f"--set expects KEY=VALUE, e.g. dedup.threshold=0.7; received {item!r}.")
         key, value = item.split("=", 1)
-        set_by_path(cfg, key, value)
+        set_by_path(cfg, key.strip(), value)
+    cfg.validate()
     result = curate(config=cfg, output_dir=args.output_dir)
     print(json.dumps({"output_dir": result.output_dir, "counts": result.report["counts"],
                       "removed_by_reason": result.report["removed_by_reason"]}, indent=2))
 
 
 def cmd_embed(args: EmbedArguments) -> None:
-    from .embed import FAILURE_KINDS, embed_images, failure_kind
+    from .embed import FAILURE_KINDS, embed_images, failure_kind, load_model_setting
     from .inputs import load_image_set
 
     spec = args.input
     if spec.endswith(".txt") and Path(spec).is_file():  # file names that are not UTF-8 survive surrogateescape
         lines = Path(spec).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
         spec = [line.strip() for line in lines if line.strip()]
-    image_set = load_image_set(spec, args.name, image_column=args.image_column)
-    res = embed_images(image_set, args.model, args.output_dir, batch_size=args.batch_size, shard_size=args.shard_size,
+    try:
+        image_set = load_image_set(spec, args.name, image_column=args.image_column)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        raise SettingError(f"--input: {err}") from err
+    model = load_model_setting(args.model, "--model", image_size=args.image_size)
+    res = embed_images(image_set, model, args.output_dir, batch_size=args.batch_size, shard_size=args.shard_size,
                        pooling=args.pooling, storage_dtype=args.storage_dtype, precision=args.precision,
                        image_size=args.image_size, device=args.device, num_workers=args.num_workers,
                        overwrite=args.overwrite)
@@ -270,9 +319,8 @@ def cmd_embed(args: EmbedArguments) -> None:
 
 def cmd_dedup(args: DedupArguments) -> None:
     from .dedup import deduplicate
-    from .embed import load_embeddings
 
-    emb = load_embeddings(args.embeddings)
+    emb = _embeddings(args.embeddings, "--embeddings")
     index = _index_config(args)
     res = deduplicate(emb.embeddings, args.threshold, args.k, index_type=index.index_type, **index.search_kwargs())
     out = _out(args.output_dir)
@@ -288,11 +336,10 @@ def cmd_dedup(args: DedupArguments) -> None:
 
 def cmd_decontaminate(args: DecontaminateArguments) -> None:
     from .dedup import decontaminate
-    from .embed import load_embeddings
     from .store import ArraySource
 
-    emb = load_embeddings(args.embeddings)
-    evals = [load_embeddings(p) for p in args.eval_embeddings]
+    emb = _embeddings(args.embeddings, "--embeddings")
+    evals = [_embeddings(p, "--eval_embeddings") for p in args.eval_embeddings]
     owner = np.concatenate([np.full(e.rows.size, i) for i, e in enumerate(evals)])
     eval_rows = np.concatenate([e.rows for e in evals])
     eval_x = ArraySource(np.concatenate([e.embeddings.to_numpy() for e in evals]))
@@ -312,10 +359,9 @@ def cmd_decontaminate(args: DecontaminateArguments) -> None:
 
 
 def cmd_retrieve(args: RetrieveArguments) -> None:
-    from .embed import load_embeddings
     from .retrieval import cluster_based_retrieval, sample_based_retrieval
 
-    emb, seeds = load_embeddings(args.embeddings), load_embeddings(args.seed_embeddings)
+    emb, seeds = _embeddings(args.embeddings, "--embeddings"), _embeddings(args.seed_embeddings, "--seed_embeddings")
     out = _out(args.output_dir)
     if args.mode == "sample":
         index = _index_config(args)
@@ -340,11 +386,10 @@ def cmd_retrieve(args: RetrieveArguments) -> None:
 
 
 def cmd_cluster(args: ClusterArguments) -> None:
-    from .embed import load_embeddings
     from .kmeans import hierarchical_kmeans
     from .report import balance_summary
 
-    emb = load_embeddings(args.embeddings)
+    emb = _embeddings(args.embeddings, "--embeddings")
     res = hierarchical_kmeans(emb.embeddings.normalized(), args.n_clusters, n_resampling_steps=args.n_resampling_steps,
                               resampling_strategy=args.resampling_strategy, n_iter=args.n_iter, seed=args.seed,
                               max_points_per_centroid=args.max_points_per_centroid, device=args.faiss_device)
@@ -362,6 +407,9 @@ def cmd_sample(args: SampleArguments) -> None:
     from .sampling import hierarchical_sampling
 
     src = Path(args.clustering)
+    if not (src / "rows.npy").is_file() or not (src / "level0.npz").is_file():
+        raise SettingError(f"--clustering: {src} holds no clustering (rows.npy, level0.npz); make one with "
+                           "dinov2-curate cluster.")
     rows = np.load(src / "rows.npy")
     levels = []
     while (src / f"level{len(levels)}.npz").exists():
@@ -388,28 +436,39 @@ COMMANDS = {"run": cmd_run, "embed": cmd_embed, "dedup": cmd_dedup, "decontamina
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from transformers import HfArgumentParser
-
+    """Run one step. A bad option, setting or input stops it with one line on stderr (exit code 2 for options
+    the parser rejects, 1 otherwise), never with a traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return
     step = argv.pop(0)
     if step not in COMMANDS:
-        raise SystemExit(f"error: unknown step {step!r}; choose one of {', '.join(STEPS)} (see --help).")
+        _fail(f"unknown step {step!r}; choose one of {', '.join(STEPS)} (see dinov2-curate --help).", code=2)
     epilog = None
     if step == "run":
         from .config import describe_settings
 
         epilog = "config settings (YAML keys, with their defaults):\n" + describe_settings()
-    parser = HfArgumentParser(ARGUMENTS[step], prog=f"dinov2-curate {step}", description=ARGUMENTS[step].__doc__,
-                              epilog=epilog, formatter_class=_HelpFormatter)
-    (args,) = parser.parse_args_into_dataclasses(argv)
+    parser = _parser_class()(ARGUMENTS[step], prog=f"dinov2-curate {step}", description=ARGUMENTS[step].__doc__,
+                             epilog=epilog, formatter_class=_HelpFormatter)
+    args, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unknown option(s) {' '.join(unknown)}")
     missing = [name for name in REQUIRED[step] if getattr(args, name) in (None, [], "")]
     if missing:
         parser.error(f"missing required option(s): {', '.join('--' + n for n in missing)}")
+    try:
+        for name, rule in OPTION_RULES.items():
+            if hasattr(args, name):
+                rule.check(f"--{name}", getattr(args, name))
+    except SettingError as err:
+        parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    COMMANDS[step](args)
+    try:
+        COMMANDS[step](args)
+    except (ValueError, OSError, OutputDirBusyError) as err:  # SettingError is a ValueError
+        _fail(str(err))
 
 
 if __name__ == "__main__":

@@ -152,6 +152,8 @@ def load_model(model: Any, *, image_size: Optional[int] = None) -> LoadedModel:
         return LoadedModel(module.eval(), f"{PIXELS}:{side}", Preprocessing(resize=size, crop=size), None, 0)
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
+        if not os.path.exists(path) and (os.path.isabs(path) or path.startswith((".", "~"))):
+            raise FileNotFoundError(f"{path} does not exist")  # a path, not a Hub id: do not ask the Hub
         if os.path.isfile(path) and path.endswith((".pt", ".pth", ".torchscript", ".jit")):
             module = torch.jit.load(path, map_location="cpu")
             name = f"torchscript:{os.path.abspath(path)}"
@@ -178,6 +180,20 @@ def load_model(model: Any, *, image_size: Optional[int] = None) -> LoadedModel:
     if patch_size and preprocessing.crop % int(patch_size):
         raise ValueError(f"image_size/crop {preprocessing.crop} must be a multiple of the model's patch size {patch_size}.")
     return LoadedModel(module.eval(), name, preprocessing, patch_size, prefix)
+
+
+def load_model_setting(model: Any, setting: str, *, image_size: Optional[int] = None) -> LoadedModel:
+    """:func:`load_model`, with any failure to load reported as a bad value of ``setting`` (one line)."""
+    from .checks import MODEL, SettingError
+
+    if isinstance(model, LoadedModel):
+        return model
+    try:
+        return load_model(model, image_size=image_size)
+    except (OSError, ValueError, TypeError) as err:
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        raise SettingError(f"{setting}: cannot load {model!r} ({lines[0].rstrip('.')}); it must be "
+                           f"{MODEL.description}.") from err
 
 
 def pool_output(output: Any, pooling: str, num_prefix_tokens: int):

@@ -50,7 +50,8 @@ from tqdm.auto import tqdm
 
 from .config import CurationConfig
 from .dedup import deduplicate, decontaminate, knn_edges
-from .embed import UNDECODABLE, EmbeddingResult, embed_images, failure_kind, load_model
+from .checks import MODEL, SettingError
+from .embed import UNDECODABLE, EmbeddingResult, LoadedModel, embed_images, failure_kind, load_model_setting
 from .index import build_index
 from .inputs import ImageSet, load_image_set
 from .kmeans import assign_to_centroids, hierarchical_kmeans
@@ -95,12 +96,16 @@ def default_levels(n: int) -> list:
     return levels
 
 
-def _named_sets(spec: Any, kind: str, image_column: Optional[str]) -> dict:
+def _named_sets(spec: Any, setting: str, default_name: str, image_column: Optional[str]) -> dict:
+    """``{name: ImageSet}`` of the ``seeds`` or ``eval_sets`` setting: one set (named ``default_name``), or
+    ``{name: set}``."""
     if spec is None:
         return {}
-    if isinstance(spec, dict):
-        return {str(name): load_image_set(value, str(name), image_column=image_column) for name, value in spec.items()}
-    return {kind: load_image_set(spec, kind, image_column=image_column)}
+    named = {str(name): value for name, value in spec.items()} if isinstance(spec, dict) else {default_name: spec}
+    try:
+        return {name: load_image_set(value, name, image_column=image_column) for name, value in named.items()}
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        raise SettingError(f"{setting}: {err}") from err
 
 
 class _PoolLedger:
@@ -132,9 +137,8 @@ class _PoolLedger:
         return np.flatnonzero(self.reason == KEPT)
 
 
-def _embed_all(cfg: CurationConfig, sets: dict, out: Path, which: str, model: Any, pooling: str) -> dict:
+def _embed_all(cfg: CurationConfig, sets: dict, out: Path, which: str, loaded: LoadedModel, pooling: str) -> dict:
     e = cfg.embedding
-    loaded = load_model(model, image_size=e.image_size)
     return {
         name: embed_images(image_set, loaded, out / which / name, batch_size=e.batch_size, shard_size=e.shard_size,
                            pooling=pooling, storage_dtype=e.storage_dtype, precision=e.precision, device=e.device,
@@ -193,9 +197,9 @@ def curate(
             setattr(cfg, name, value)
     cfg.validate()
     if cfg.pool is None:
-        raise ValueError("no pool given: pass pool= or set `pool` in the config.")
+        raise SettingError("no pool given: set pool (a folder of images, a list of files or a saved dataset).")
     if cfg.embedding.model is None:
-        raise ValueError("no embedding model given: set embedding.model (a checkpoint path, Hub id or module).")
+        raise SettingError(f"no embedding model given: set embedding.model ({MODEL.description}).")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict = {}
@@ -209,17 +213,19 @@ def curate(
 
     # ------------------------------------------------------------------ inputs and embeddings
     pool_set = load_image_set(cfg.pool, POOL, image_column=cfg.image_column)
-    seed_sets = _named_sets(cfg.seeds, "seeds", cfg.image_column)
-    eval_sets_ = _named_sets(cfg.eval_sets, "eval", cfg.image_column)
+    seed_sets = _named_sets(cfg.seeds, "seeds", "seeds", cfg.image_column)
+    eval_sets_ = _named_sets(cfg.eval_sets, "eval_sets", "eval", cfg.image_column)
     names = [POOL, *seed_sets, *eval_sets_]
     if len(set(names)) != len(names):
-        raise ValueError(f"set names must be unique (and not {POOL!r} for seeds or eval sets); received {names}.")
-    semantic = _embed_all(cfg, {POOL: pool_set, **seed_sets, **eval_sets_}, out, "embeddings", cfg.embedding.model,
-                          cfg.embedding.pooling)
-    if cfg.embedding.dedup_model is not None:
+        raise SettingError(f"set names must be unique (and not {POOL!r} for seeds or eval sets); received {names}.")
+    e = cfg.embedding  # both models are loaded before any image is embedded, so a bad name stops the run at once
+    model = load_model_setting(e.model, "embedding.model", image_size=e.image_size)
+    dedup_model = None if e.dedup_model is None else load_model_setting(e.dedup_model, "embedding.dedup_model",
+                                                                         image_size=e.image_size)
+    semantic = _embed_all(cfg, {POOL: pool_set, **seed_sets, **eval_sets_}, out, "embeddings", model, e.pooling)
+    if dedup_model is not None:
         copy_sets = {POOL: pool_set, **eval_sets_}
-        copy_emb = _embed_all(cfg, copy_sets, out, "embeddings_dedup", cfg.embedding.dedup_model,
-                              cfg.embedding.dedup_pooling or cfg.embedding.pooling)
+        copy_emb = _embed_all(cfg, copy_sets, out, "embeddings_dedup", dedup_model, e.dedup_pooling or e.pooling)
     else:
         copy_emb = semantic
     lap("embedding")

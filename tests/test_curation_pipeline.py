@@ -112,9 +112,11 @@ def test_cli_run_from_config_and_steps_alone(skewed, tmp_path, capsys):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["config"]["dedup"]["threshold"] == 0.999
     assert sum(report["accounting"]["pool"]["outcome"].values()) == 120
-    with pytest.raises(ValueError, match="unknown setting"):
-        cfg.write_text("dedupe: {threshold: 0.5}\n")
+    cfg.write_text("dedupe: {threshold: 0.5}\n")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
         main(["run", "--config", str(cfg)])
+    assert exit_info.value.code == 1 and "unknown setting 'dedupe'" in capsys.readouterr().err
 
     emb = tmp_path / "emb"
     main(["embed", "--input", str(skewed["pool"]), "--model", skewed["model"], "--output_dir", str(emb),
