@@ -33,11 +33,16 @@ Each step writes `result.json` (a summary, also printed) plus numpy arrays of *i
 row of an image in its input folder or dataset, folders sorted by path) into its `--output_dir`;
 `dedup` and `decontaminate` also write `removal_log.parquet`. A killed `embed` (or `run`, whose
 embedding step is the long one) started again with the same settings computes only the missing shards.
+
+A running step holds its output directory (a second job into it is refused, naming the first one's PID).
+A directory that holds the results of an earlier run is refused too; `--overwrite true` replaces them.
+A bad option or setting stops a step with one line: `dinov2-curate: error: ...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -52,6 +57,10 @@ from modeling_dinov2.output_lock import OutputDirBusyError
 from .checks import COSINE, COUNT, DEVICE, SettingError, either, integer, list_of, optional
 
 STEPS = ("run", "embed", "dedup", "decontaminate", "retrieve", "cluster", "sample", "push")
+
+
+OVERWRITE_HELP = ("Replace the results of an earlier run in --output_dir ({}); without it, a directory that holds "
+                  "them is refused.")
 
 
 def _opt(default, help: str, choices=None, **kwargs):
@@ -69,6 +78,9 @@ class RunArguments:
 
     config: str = _opt(None, "YAML or JSON config file; its settings are listed below.")
     output_dir: Optional[str] = _opt(None, "Overrides the config's output_dir.")
+    overwrite: Optional[bool] = _opt(None, OVERWRITE_HELP.format(
+        "dataset, report, removal log, and embeddings made with other settings") + " An interrupted run (embeddings, "
+        "no results yet) resumes without it. Overrides the config's overwrite.")
     set: list[str] = field(default_factory=list, metadata={
         "help": "Override settings, e.g. --set dedup.threshold=0.7 sampling.target_size=1000 (repeatable).",
         "action": "extend"})
@@ -95,7 +107,8 @@ class EmbedArguments:
                           choices=("auto", "bfloat16", "float16", "float32"))
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N.")
     num_workers: int = _opt(0, "DataLoader workers decoding images.")
-    overwrite: bool = _opt(False, "Delete shards made with other settings instead of stopping with an error.")
+    overwrite: bool = _opt(False, OVERWRITE_HELP.format("embeddings made with other settings or of other inputs")
+                           + " A directory made with the same settings resumes without it.")
 
 
 @dataclass
@@ -116,6 +129,7 @@ class DedupArguments(IndexArguments):
     threshold: float = _opt(0.6, "Cosine above which two images are duplicates (paper: 0.6 with SSCD features; "
                                  "calibrate for your model).")
     k: int = _opt(64, "Neighbours per image in the k-NN graph.")
+    overwrite: bool = _opt(False, OVERWRITE_HELP.format("kept.npy, components.npy, removal_log.parquet, result.json"))
 
 
 @dataclass
@@ -128,6 +142,7 @@ class DecontaminateArguments(IndexArguments):
     threshold: float = _opt(0.45, "Cosine above which a pool image matches an evaluation image (paper: 0.45).")
     k: int = _opt(64, "Neighbours searched per image.")
     only_direct_matches: bool = _opt(False, "Remove only direct matches, not their whole duplicate component.")
+    overwrite: bool = _opt(False, OVERWRITE_HELP.format("kept.npy, removal_log.parquet, result.json"))
 
 
 @dataclass
@@ -148,6 +163,7 @@ class RetrieveArguments(IndexArguments):
     selection: str = _opt("random", "cluster: which images of a cluster.", choices=("random", "closest"))
     max_points_per_centroid: Optional[int] = _opt(256, "cluster: k-means training sample per centroid.")
     seed: int = _opt(0, "Random seed.")
+    overwrite: bool = _opt(False, OVERWRITE_HELP.format("retrieved.npy, ..., result.json"))
 
 
 @dataclass
@@ -165,6 +181,7 @@ class ClusterArguments:
     max_points_per_centroid: Optional[int] = _opt(256, "k-means training sample per centroid.")
     seed: int = _opt(0, "Random seed.")
     faiss_device: str = _opt("auto", "cpu, auto (a GPU if faiss sees one) or cuda:N.")
+    overwrite: bool = _opt(False, OVERWRITE_HELP.format("rows.npy, level<l>.npz, result.json"))
 
 
 @dataclass
@@ -179,6 +196,7 @@ class SampleArguments:
     multiplier: int = _opt(1, "Most times one image may be selected; > 1 repeats images of small clusters "
                               "(Vo et al.), so target_size may reach multiplier x images.")
     seed: int = _opt(0, "Random seed.")
+    overwrite: bool = _opt(False, OVERWRITE_HELP.format("selected.npy, result.json"))
 
 
 @dataclass
@@ -193,6 +211,13 @@ class PushArguments:
 ARGUMENTS = {"run": RunArguments, "embed": EmbedArguments, "dedup": DedupArguments,
              "decontaminate": DecontaminateArguments, "retrieve": RetrieveArguments, "cluster": ClusterArguments,
              "sample": SampleArguments, "push": PushArguments}
+#: The files of each single step in its --output_dir (what --overwrite replaces).
+STEP_RESULTS = {"dedup": ("kept.npy", "components.npy", "removal_log.parquet", "result.json"),
+                "decontaminate": ("kept.npy", "removal_log.parquet", "result.json"),
+                "retrieve": ("retrieved.npy", "neighbors.npy", "similarities.npy", "seed_index.npy",
+                             "seed_similarity.npy", "result.json"),
+                "cluster": ("rows.npy", "level*.npz", "result.json"), "sample": ("selected.npy", "result.json"),
+                "embed": ()}  # embed: embeddings with other settings are refused by curation.embed itself
 REQUIRED = {"run": ("config",), "embed": ("input", "model", "output_dir"), "dedup": ("embeddings", "output_dir"),
             "decontaminate": ("embeddings", "eval_embeddings", "output_dir"),
             "retrieve": ("embeddings", "seed_embeddings", "output_dir"),
@@ -240,10 +265,13 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _out(path: str) -> Path:
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def _holding_output_dir(step: str, args):
+    """The step's output directory, held while the step runs (``run``: by `curation.pipeline.curate`)."""
+    from .outputs import claim_output_dir
+
+    if step not in STEP_RESULTS:
+        return contextlib.nullcontext()
+    return claim_output_dir(args.output_dir, STEP_RESULTS[step], overwrite=args.overwrite, job=f"dinov2-curate {step}")
 
 
 def _write_json(out: Path, payload: dict) -> None:
@@ -287,6 +315,8 @@ def cmd_run(args: RunArguments) -> None:
         key, value = item.split("=", 1)
         set_by_path(cfg, key.strip(), value)
     cfg.validate()
+    if args.overwrite is not None:
+        cfg.overwrite = args.overwrite
     result = curate(config=cfg, output_dir=args.output_dir)
     print(json.dumps({"output_dir": result.output_dir, "counts": result.report["counts"],
                       "removed_by_reason": result.report["removed_by_reason"]}, indent=2))
@@ -323,7 +353,7 @@ def cmd_dedup(args: DedupArguments) -> None:
     emb = _embeddings(args.embeddings, "--embeddings")
     index = _index_config(args)
     res = deduplicate(emb.embeddings, args.threshold, args.k, index_type=index.index_type, **index.search_kwargs())
-    out = _out(args.output_dir)
+    out = Path(args.output_dir)  # created and held by main
     np.save(out / "kept.npy", emb.rows[res.kept])
     np.save(out / "components.npy", res.labels)
     r = res.removed
@@ -346,7 +376,7 @@ def cmd_decontaminate(args: DecontaminateArguments) -> None:
     index = _index_config(args)
     res = decontaminate(emb.embeddings, eval_x, args.threshold, args.k, whole_components=not args.only_direct_matches,
                         index_type=index.index_type, **index.search_kwargs())
-    out = _out(args.output_dir)
+    out = Path(args.output_dir)  # created and held by main
     np.save(out / "kept.npy", emb.rows[res.kept])
     r = res.removed
     log = _log_dataset(emb.rows[r.index], r.reason, np.where(r.matched_index >= 0, eval_rows[r.matched_index], -1),
@@ -362,7 +392,7 @@ def cmd_retrieve(args: RetrieveArguments) -> None:
     from .retrieval import cluster_based_retrieval, sample_based_retrieval
 
     emb, seeds = _embeddings(args.embeddings, "--embeddings"), _embeddings(args.seed_embeddings, "--seed_embeddings")
-    out = _out(args.output_dir)
+    out = Path(args.output_dir)  # created and held by main
     if args.mode == "sample":
         index = _index_config(args)
         res = sample_based_retrieval(emb.embeddings, seeds.embeddings, args.n_neighbors,
@@ -393,7 +423,7 @@ def cmd_cluster(args: ClusterArguments) -> None:
     res = hierarchical_kmeans(emb.embeddings.normalized(), args.n_clusters, n_resampling_steps=args.n_resampling_steps,
                               resampling_strategy=args.resampling_strategy, n_iter=args.n_iter, seed=args.seed,
                               max_points_per_centroid=args.max_points_per_centroid, device=args.faiss_device)
-    out = _out(args.output_dir)
+    out = Path(args.output_dir)  # created and held by main
     np.save(out / "rows.npy", emb.rows)
     for lvl, level in enumerate(res.levels):
         np.savez(out / f"level{lvl}.npz", centroids=level.centroids, assignments=level.assignments,
@@ -418,7 +448,7 @@ def cmd_sample(args: SampleArguments) -> None:
                                   int(z["n_resampling_steps"]), int(z["sample_size"])))
     res = hierarchical_sampling(HierarchicalKMeansResult(tuple(levels), int(rows.size)), args.target_size,
                                 strategy=args.strategy, multiplier=args.multiplier, seed=args.seed)
-    out = _out(args.output_dir)
+    out = Path(args.output_dir)  # created and held by main
     np.save(out / "selected.npy", rows[res.indices])
     _write_json(out, {"selected": int(res.indices.size), "distinct": int(np.unique(res.indices).size),
                       "of": int(rows.size), "multiplier": args.multiplier})
@@ -466,7 +496,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        COMMANDS[step](args)
+        with _holding_output_dir(step, args):
+            COMMANDS[step](args)
     except (ValueError, OSError, OutputDirBusyError) as err:  # SettingError is a ValueError
         _fail(str(err))
 

@@ -188,6 +188,9 @@ class CurationConfig:
                                FLAG)
     seed: int = _opt(0, "random seed of every step", integer(0))
     progress: bool = _opt(True, "progress bars", FLAG)
+    overwrite: bool = _opt(False, "replace the results of an earlier run in output_dir (dataset, report, removal "
+                                  "log, and embeddings made with other settings); without it such a directory is "
+                                  "refused. An interrupted run (embeddings, no results yet) resumes without it", FLAG)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)

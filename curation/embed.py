@@ -479,7 +479,9 @@ def embed_images(
         image_size: crop size (default: the checkpoint's preprocessing, else 224).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         num_workers: DataLoader workers decoding images.
-        overwrite: delete existing shards made with other settings instead of raising.
+        overwrite: replace the embeddings of ``output_dir`` made with other settings (or other inputs)
+            instead of raising. Shards made with these settings are reused either way, unless their inputs
+            changed.
         progress: tqdm bar over images.
     """
     import torch
@@ -507,8 +509,8 @@ def embed_images(
         changed = sorted(k for k in new if k != "dim" and old.get(k) != new[k])
         if changed and not overwrite:
             raise ValueError(
-                f"{directory} holds embeddings made with other settings (different {', '.join(changed)}); "
-                "use another output directory or overwrite=True."
+                f"{directory} holds embeddings made with other settings (different {', '.join(changed)}). Pass "
+                "--overwrite true (in Python: overwrite=True) to replace them, or choose another output directory."
             )
         if changed:
             for file in (directory / SHARD_DIR).iterdir():

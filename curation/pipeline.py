@@ -55,6 +55,7 @@ from .embed import UNDECODABLE, EmbeddingResult, LoadedModel, embed_images, fail
 from .index import build_index
 from .inputs import ImageSet, load_image_set
 from .kmeans import assign_to_centroids, hierarchical_kmeans
+from .outputs import RUN_RESULTS, claim_output_dir
 from .report import balance_summary, check_accounting, plot_cluster_sizes, write_report
 from .retrieval import cluster_based_retrieval, sample_based_retrieval
 from .sampling import hierarchical_sampling
@@ -68,6 +69,9 @@ REASON_NOT_RETRIEVED = "not_retrieved"
 REASON_NOT_SAMPLED = "not_sampled"
 REASON_NOT_SELECTED = "not_selected"
 KEPT = "kept"
+
+#: How to replace the results of an earlier run (see curation.outputs).
+OVERWRITE_FLAG = "--overwrite true (in a config file: overwrite: true)"
 
 LOG_COLUMNS = ("set", "index", "source", "reason", "matched_set", "matched_index", "similarity", "detail")
 
@@ -142,7 +146,7 @@ def _embed_all(cfg: CurationConfig, sets: dict, out: Path, which: str, loaded: L
     return {
         name: embed_images(image_set, loaded, out / which / name, batch_size=e.batch_size, shard_size=e.shard_size,
                            pooling=pooling, storage_dtype=e.storage_dtype, precision=e.precision, device=e.device,
-                           num_workers=e.num_workers, progress=cfg.progress)
+                           num_workers=e.num_workers, overwrite=cfg.overwrite, progress=cfg.progress)
         for name, image_set in sets.items()
     }
 
@@ -184,7 +188,13 @@ def curate(
         eval_sets: optional evaluation sets to decontaminate against: one set or ``{name: set}``.
         config: a :class:`~curation.config.CurationConfig`, a dict of its sections, or a YAML/JSON file.
             ``pool``/``seeds``/``eval_sets``/``output_dir`` given here override the config's.
-        output_dir: where to write everything.
+        output_dir: where to write everything. The run holds it while it runs; results of an earlier run
+            there are replaced only with the config's ``overwrite`` (see :mod:`curation.outputs`).
+
+    Raises:
+        curation.checks.SettingError: a bad setting, input or model (a ``ValueError``), before anything is written.
+        OutputDirBusyError: another running job holds ``output_dir``.
+        curation.outputs.EarlierResultsError: ``output_dir`` holds the results of an earlier run.
     """
     if isinstance(config, (str, Path)):
         cfg = CurationConfig.from_file(config)
@@ -200,8 +210,25 @@ def curate(
         raise SettingError("no pool given: set pool (a folder of images, a list of files or a saved dataset).")
     if cfg.embedding.model is None:
         raise SettingError(f"no embedding model given: set embedding.model ({MODEL.description}).")
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # Inputs and models first: a bad one stops the run before the output directory is touched.
+    pool_set = load_image_set(cfg.pool, POOL, image_column=cfg.image_column)
+    seed_sets = _named_sets(cfg.seeds, "seeds", "seeds", cfg.image_column)
+    eval_sets_ = _named_sets(cfg.eval_sets, "eval_sets", "eval", cfg.image_column)
+    names = [POOL, *seed_sets, *eval_sets_]
+    if len(set(names)) != len(names):
+        raise SettingError(f"set names must be unique (and not {POOL!r} for seeds or eval sets); received {names}.")
+    e = cfg.embedding
+    model = load_model_setting(e.model, "embedding.model", image_size=e.image_size)
+    dedup_model = None if e.dedup_model is None else load_model_setting(e.dedup_model, "embedding.dedup_model",
+                                                                         image_size=e.image_size)
+    with claim_output_dir(cfg.output_dir, RUN_RESULTS, overwrite=cfg.overwrite, job="dinov2-curate run",
+                          flag=OVERWRITE_FLAG) as out:
+        return _run_pipeline(cfg, out, pool_set, seed_sets, eval_sets_, model, dedup_model)
+
+
+def _run_pipeline(cfg: CurationConfig, out: Path, pool_set: ImageSet, seed_sets: dict, eval_sets_: dict,
+                  model: LoadedModel, dedup_model: Optional[LoadedModel]) -> CurationResult:
+    """The steps of :func:`curate`, in an output directory that this process holds."""
     timings: dict = {}
     clock = time.perf_counter()
 
@@ -211,17 +238,8 @@ def curate(
         timings[step] = round(now - clock, 3)
         clock = now
 
-    # ------------------------------------------------------------------ inputs and embeddings
-    pool_set = load_image_set(cfg.pool, POOL, image_column=cfg.image_column)
-    seed_sets = _named_sets(cfg.seeds, "seeds", "seeds", cfg.image_column)
-    eval_sets_ = _named_sets(cfg.eval_sets, "eval_sets", "eval", cfg.image_column)
-    names = [POOL, *seed_sets, *eval_sets_]
-    if len(set(names)) != len(names):
-        raise SettingError(f"set names must be unique (and not {POOL!r} for seeds or eval sets); received {names}.")
-    e = cfg.embedding  # both models are loaded before any image is embedded, so a bad name stops the run at once
-    model = load_model_setting(e.model, "embedding.model", image_size=e.image_size)
-    dedup_model = None if e.dedup_model is None else load_model_setting(e.dedup_model, "embedding.dedup_model",
-                                                                         image_size=e.image_size)
+    # ------------------------------------------------------------------ embeddings
+    e = cfg.embedding
     semantic = _embed_all(cfg, {POOL: pool_set, **seed_sets, **eval_sets_}, out, "embeddings", model, e.pooling)
     if dedup_model is not None:
         copy_sets = {POOL: pool_set, **eval_sets_}

@@ -100,3 +100,72 @@ def test_a_bad_setting_stops_with_one_line_naming_it(case, pool, tmp_path, capsy
     assert err.startswith("dinov2-curate: error: ") and err.count("\n") == 1, err
     assert expected in err, err
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_an_output_directory_with_results_or_a_running_job_is_refused(pool, tmp_path, capsys, monkeypatch):
+    """Issue 21 item 5: a second run into a finished output is refused unless --overwrite true; a running job
+    holds its directory; an interrupted run resumes without the flag."""
+    import json
+    import os
+
+    from curation import pipeline
+
+    out = tmp_path / "out"
+    config = _config(tmp_path, pool)
+    main(["run", "--config", config])
+    before = {name: (out / name).read_bytes() for name in ("report.json", "removal_log.parquet")}
+
+    # another threshold into the same folder: refused, and nothing of the first run changes
+    code, err = _error_line(capsys, ["run", "--config", config, "--set", "dedup.threshold=-0.5"])
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(f"dinov2-curate: error: {out} already holds the results of an earlier run (dataset, "
+                          "report.json, removal_log.parquet, cluster_sizes.png). Pass --overwrite true"), err
+    assert {name: (out / name).read_bytes() for name in before} == before
+    report = json.loads(before["report.json"])
+    assert report["output_rows"] == 12 and report["embeddings"]["model"]["pool"] == {"computed": 12, "reused": 0}
+    # with the flag it replaces them, reusing the embeddings (same model, same files)
+    main(["run", "--config", config, "--set", "dedup.threshold=-0.5", "--overwrite", "true"])
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["dedup"]["threshold"] == -0.5 and report["output_rows"] == 1
+    assert report["embeddings"]["model"]["pool"] == {"computed": 0, "reused": 12}
+
+    # a running job holds its folder: a second job started meanwhile is refused, naming the holder's PID
+    second = {}
+    real_deduplicate = pipeline.deduplicate
+
+    def second_job_while_deduplicating(*args, **kwargs):
+        second["exit"] = _error_line(capsys, ["run", "--config", config, "--overwrite", "true"])
+        return real_deduplicate(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "deduplicate", second_job_while_deduplicating)
+    main(["run", "--config", config, "--overwrite", "true"])
+    code, err = second["exit"]
+    assert code == 1 and err.startswith(f"dinov2-curate: error: {out} is in use by PID {os.getpid()}"), err
+    assert json.loads((out / "report.json").read_text())["output_rows"] == 12  # the first job finished
+
+    # an interrupted run (embeddings on disk, no results yet) resumes without the flag
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    (tmp_path / "second").mkdir()
+    fresh = _config(tmp_path / "second", pool)
+    monkeypatch.setattr(pipeline, "deduplicate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main(["run", "--config", fresh])
+    assert not (tmp_path / "second" / "out" / "report.json").exists()
+    monkeypatch.setattr(pipeline, "deduplicate", real_deduplicate)
+    main(["run", "--config", fresh])
+    report = json.loads((tmp_path / "second" / "out" / "report.json").read_text())
+    assert report["embeddings"]["model"]["pool"] == {"computed": 0, "reused": 12}
+
+    # single steps: their own files are results too
+    emb = str(tmp_path / "second" / "out" / "embeddings" / "pool")
+    main(["dedup", "--embeddings", emb, "--output_dir", str(tmp_path / "dd"), "--threshold", "0.9", "--k", "8"])
+    code, err = _error_line(capsys, ["dedup", "--embeddings", emb, "--output_dir", str(tmp_path / "dd")])
+    assert code == 1 and "dd already holds the results of an earlier run (kept.npy, components.npy" in err
+    main(["dedup", "--embeddings", emb, "--output_dir", str(tmp_path / "dd"), "--threshold", "0.5", "--k", "8", "--overwrite",
+          "true"])
+    assert json.loads((tmp_path / "dd" / "result.json").read_text())["threshold"] == 0.5
+    code, err = _error_line(capsys, ["embed", "--input", str(pool), "--model", "pixels:4", "--output_dir", emb])
+    assert code == 1 and "holds embeddings made with other settings (different model" in err
+    assert "Pass --overwrite true" in err

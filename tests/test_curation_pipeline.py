@@ -231,7 +231,7 @@ def test_label_column_survives_curation_in_every_configuration(skewed, tmp_path)
     for path in [p for p in pool_paths if p.name.startswith("blue_")][:4]:
         (folder / path.name).write_bytes(path.read_bytes())
     base = {"embedding": {"model": skewed["model"], "image_size": 28, "pooling": "mean"}, "dedup": {"enabled": False},
-            "clustering": {"n_clusters": [6, 2], "n_resampling_steps": 1}, "progress": False,
+            "clustering": {"n_clusters": [6, 2], "n_resampling_steps": 1}, "progress": False, "overwrite": True,
             "retrieval": {"min_seeds": 2, "per_cluster": 20, "n_neighbors": 3}}
     configs = {
         "no retrieval, balanced, seeds not included": ({"mode": "none"}, {"target_size": 30}, False),
@@ -239,7 +239,7 @@ def test_label_column_survives_curation_in_every_configuration(skewed, tmp_path)
         "cluster, seeds included": ({"mode": "cluster"}, {}, True),
         "both + balanced x2, seeds included": ({"mode": "both"}, {"target_size": 40, "multiplier": 2}, True),
     }
-    out = tmp_path / "out"  # shared: the embeddings are computed once and reused
+    out = tmp_path / "out"  # shared (overwrite): the embeddings are computed once and reused
     for what, (retrieval, sampling, include) in configs.items():
         cfg = {**base, "retrieval": {**base["retrieval"], **retrieval}, "sampling": sampling, "include_seeds": include}
         ds = curate(pool=pool, seeds={"greens": greens, "blues": str(folder)}, config=cfg, output_dir=str(out)).dataset
