@@ -319,7 +319,8 @@ def cmd_run(args: RunArguments) -> None:
         cfg.overwrite = args.overwrite
     result = curate(config=cfg, output_dir=args.output_dir)
     print(json.dumps({"output_dir": result.output_dir, "counts": result.report["counts"],
-                      "removed_by_reason": result.report["removed_by_reason"]}, indent=2))
+                      "removed_by_reason": result.report["removed_by_reason"],
+                      "embeddings": result.report["embeddings"]}, indent=2))
 
 
 def cmd_embed(args: EmbedArguments) -> None:

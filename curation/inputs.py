@@ -139,7 +139,9 @@ def load_image_set(spec: ImageSetSpec, name: str, *, image_column: Optional[str]
             if isinstance(dataset, DatasetDict):
                 raise ValueError(f"{name}: {path} holds a DatasetDict with splits {list(dataset)}; pass one split's folder.")
         elif path.is_dir():
-            files = sorted(str(p) for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            # a broken link is listed too: decoding it fails, and the failure is logged with its reason
+            files = sorted(str(p) for p in path.rglob("*")
+                           if (p.is_file() or (p.is_symlink() and not p.exists())) and not p.name.startswith("."))
             images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
             ignored = [display_path(f) for f in files if not f.lower().endswith(IMAGE_EXTENSIONS)]
             if not images:

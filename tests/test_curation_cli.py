@@ -64,7 +64,7 @@ BAD_COMMAND_LINES = {
                          "sampling.target_size must be null or an integer >= 1; received 'many'"),
     "--set out of range": (["--set", "sampling.target_fraction=2"],
                            "sampling.target_fraction must be in (0, sampling.multiplier = 1]; received 2"),
-    "--set unknown key": (["--set", "dedup.k=8", "--set", "index.nprobes=4"],
+    "--set unknown key": (["--set", "index.nprobes=4", "--set", "dedup.k=8"],  # a second --set adds to the first
                           "unknown setting 'index.nprobes' (did you mean 'index.nprobe'?)"),
     "--set missing pool": (["--set", "pool=/no/such/folder"], "pool: /no/such/folder does not exist"),
     "--set not KEY=VALUE": (["--set", "dedup.threshold"], "--set expects KEY=VALUE"),

@@ -323,18 +323,21 @@ def test_a_file_name_that_is_not_utf8_and_a_blank_image_do_not_stop_the_run(tmp_
     with open(os.path.join(os.fsencode(pool), b"odd\xff.png"), "wb") as f:  # not valid UTF-8
         Image.fromarray(odd_pixels).save(f, format="PNG")
     Image.fromarray(np.full((16, 16), 128, np.uint8)).save(pool / "blank.png")  # zero embedding under pixels:N
+    (pool / "gone.png").symlink_to(tmp_path / "deleted.png")  # a broken link: listed, then logged as undecodable
     cfg = tmp_path / "curate.yaml"
     cfg.write_text(f"pool: {pool}\noutput_dir: {tmp_path / 'out'}\nprogress: false\n"
                    "embedding: {model: 'pixels:8'}\nclustering: {n_clusters: [3]}\n")
     main(["run", "--config", str(cfg)])
 
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["accounting"]["pool"] == {"total": 12, "outcome": {"kept": 11, "zero_embedding": 1}}
-    assert report["removed_by_reason"] == {"zero_embedding": 1}
+    assert report["accounting"]["pool"] == {"total": 13,
+                                            "outcome": {"kept": 11, "zero_embedding": 1, "undecodable": 1}}
+    assert report["removed_by_reason"] == {"zero_embedding": 1, "undecodable": 1}
     assert report["counts"]["decodable"] == 12 and report["counts"]["embedded"] == 11
-    removal = pd.read_parquet(tmp_path / "out" / "removal_log.parquet")
-    assert removal.source.tolist() == [str(pool / "blank.png")] and removal.reason.tolist() == ["zero_embedding"]
-    assert removal.detail.iloc[0].startswith("blank image (zero embedding)")
+    removal = pd.read_parquet(tmp_path / "out" / "removal_log.parquet").set_index("source")
+    assert removal.reason.to_dict() == {str(pool / "blank.png"): "zero_embedding", str(pool / "gone.png"): "undecodable"}
+    assert removal.detail[str(pool / "blank.png")].startswith("blank image (zero embedding)")
+    assert "No such file" in removal.detail[str(pool / "gone.png")]
     curated = load_from_disk(str(tmp_path / "out" / "dataset"))
     names = [p.rsplit("/", 1)[-1] for p in curated["path"]]
     assert "odd\\xff.png" in names  # shown with an escape; the pixels are the file's own
@@ -344,4 +347,4 @@ def test_a_file_name_that_is_not_utf8_and_a_blank_image_do_not_stop_the_run(tmp_
     capsys.readouterr()
     main(["embed", "--input", str(pool), "--model", "pixels:8", "--output_dir", str(tmp_path / "emb")])
     summary = json.loads(capsys.readouterr().out)
-    assert (summary["images"], summary["embedded"], summary["zero_embedding"], summary["undecodable"]) == (12, 11, 1, 0)
+    assert (summary["images"], summary["embedded"], summary["zero_embedding"], summary["undecodable"]) == (13, 11, 1, 1)
