@@ -159,7 +159,8 @@ class SamplingConfig:
     target_size: Optional[int] = _opt(None, "images in the balanced sample (set this or target_fraction)",
                                       optional(COUNT))
     target_fraction: Optional[float] = _opt(None, "the sample as a fraction of the candidates left after dedup "
-                                                  "and decontamination", optional(number(0, float("inf"), low_open=True)))
+                                                  "and decontamination",
+                                            optional(number(0, float("inf"), low_open=True)))
     strategy: str = _opt("r", "images taken inside a finest cluster: r (random) or c (closest to the centroid)",
                          one_of(*SAMPLING_STRATEGIES))
     multiplier: int = _opt(1, "most copies of one image; > 1 tiles small clusters (Vo et al.); 1 = no repeats", COUNT)

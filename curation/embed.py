@@ -8,9 +8,9 @@ complete, so a killed run leaves only whole shards behind, and the next call com
 ones. Images that cannot be decoded are listed with the reason in ``shard-00000.failures.json`` (written
 before the shard is renamed) and never get an embedding. So are images whose embedding has no direction,
 which cosine similarity cannot compare: an all-zero embedding (a blank, uniform image under ``pixels:N``)
-or one with NaN or inf. Each failure has a ``kind`` (:data:`FAILURE_KINDS`) and a ``reason``. On resume, leftover ``*.tmp`` files are
-deleted, and every shard on disk is checked (readable, embeddings + failures = its input rows); a
-damaged one is computed again.
+or one with NaN or inf. Each failure has a ``kind`` (:data:`FAILURE_KINDS`) and a ``reason``. On resume,
+leftover ``*.tmp`` files are deleted, and every shard on disk is checked (readable, embeddings + failures
+= its input rows); a damaged one is computed again.
 
 The directory also holds ``embedding_meta.json``: the model, pooling, preprocessing, storage dtype and a
 fingerprint of the input (which images, in which order). Resuming with different settings raises an error

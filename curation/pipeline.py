@@ -48,9 +48,9 @@ from typing import Any, NamedTuple, Optional, Union
 import numpy as np
 from tqdm.auto import tqdm
 
+from .checks import MODEL, SettingError
 from .config import CurationConfig
 from .dedup import deduplicate, decontaminate, knn_edges
-from .checks import MODEL, SettingError
 from .embed import UNDECODABLE, EmbeddingResult, LoadedModel, embed_images, failure_kind, load_model_setting
 from .index import build_index
 from .inputs import ImageSet, load_image_set

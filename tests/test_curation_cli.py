@@ -70,8 +70,10 @@ BAD_COMMAND_LINES = {
     "--set not KEY=VALUE": (["--set", "dedup.threshold"], "--set expects KEY=VALUE"),
 }
 BAD_STEP_OPTIONS = {
-    "dedup --threshold out of range": (["dedup", "--threshold", "3"], 2, "--threshold must be a number in [-1, 1]; received 3.0"),
-    "dedup --threshold not a number": (["dedup", "--threshold", "abc"], 2, "argument --threshold: invalid float value: 'abc'"),
+    "dedup --threshold out of range": (["dedup", "--threshold", "3"], 2,
+                                       "--threshold must be a number in [-1, 1]; received 3.0"),
+    "dedup --threshold not a number": (["dedup", "--threshold", "abc"], 2,
+                                       "argument --threshold: invalid float value: 'abc'"),
     "embed --pooling unknown": (["embed", "--pooling", "max"], 2, "argument --pooling: invalid choice: 'max'"),
     "dedup unknown option": (["dedup", "--treshold", "0.5"], 2, "unknown option(s) --treshold 0.5"),
     "embed missing input folder": (["embed", "--input", "/no/such/folder"], 1,
@@ -163,8 +165,8 @@ def test_an_output_directory_with_results_or_a_running_job_is_refused(pool, tmp_
     main(["dedup", "--embeddings", emb, "--output_dir", str(tmp_path / "dd"), "--threshold", "0.9", "--k", "8"])
     code, err = _error_line(capsys, ["dedup", "--embeddings", emb, "--output_dir", str(tmp_path / "dd")])
     assert code == 1 and "dd already holds the results of an earlier run (kept.npy, components.npy" in err
-    main(["dedup", "--embeddings", emb, "--output_dir", str(tmp_path / "dd"), "--threshold", "0.5", "--k", "8", "--overwrite",
-          "true"])
+    main(["dedup", "--embeddings", emb, "--output_dir", str(tmp_path / "dd"), "--threshold", "0.5", "--k", "8",
+          "--overwrite", "true"])
     assert json.loads((tmp_path / "dd" / "result.json").read_text())["threshold"] == 0.5
     code, err = _error_line(capsys, ["embed", "--input", str(pool), "--model", "pixels:4", "--output_dir", emb])
     assert code == 1 and "holds embeddings made with other settings (different model" in err

@@ -335,7 +335,8 @@ def test_a_file_name_that_is_not_utf8_and_a_blank_image_do_not_stop_the_run(tmp_
     assert report["removed_by_reason"] == {"zero_embedding": 1, "undecodable": 1}
     assert report["counts"]["decodable"] == 12 and report["counts"]["embedded"] == 11
     removal = pd.read_parquet(tmp_path / "out" / "removal_log.parquet").set_index("source")
-    assert removal.reason.to_dict() == {str(pool / "blank.png"): "zero_embedding", str(pool / "gone.png"): "undecodable"}
+    assert removal.reason.to_dict() == {str(pool / "blank.png"): "zero_embedding",
+                                        str(pool / "gone.png"): "undecodable"}
     assert removal.detail[str(pool / "blank.png")].startswith("blank image (zero embedding)")
     assert "No such file" in removal.detail[str(pool / "gone.png")]
     curated = load_from_disk(str(tmp_path / "out" / "dataset"))
