@@ -33,11 +33,16 @@ Each step writes `result.json` (a summary, also printed) plus numpy arrays of *i
 row of an image in its input folder or dataset, folders sorted by path) into its `--output_dir`;
 `dedup` and `decontaminate` also write `removal_log.parquet`. A killed `embed` (or `run`, whose
 embedding step is the long one) started again with the same settings computes only the missing shards.
+
+A running step holds its output directory (a second job into it is refused, naming the first one's PID).
+A directory that holds the results of an earlier run is refused too; `--overwrite true` replaces them.
+A bad option or setting stops a step with one line: `dinov2-curate: error: ...`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -47,7 +52,15 @@ from typing import Optional
 
 import numpy as np
 
+from modeling_dinov2.output_lock import OutputDirBusyError
+
+from .checks import COSINE, COUNT, DEVICE, SettingError, either, integer, list_of, optional
+
 STEPS = ("run", "embed", "dedup", "decontaminate", "retrieve", "cluster", "sample", "push")
+
+
+OVERWRITE_HELP = ("Replace the results of an earlier run in --output_dir ({}); without it, a directory that holds "
+                  "them is refused.")
 
 
 def _opt(default, help: str, choices=None, **kwargs):
@@ -65,8 +78,12 @@ class RunArguments:
 
     config: str = _opt(None, "YAML or JSON config file; its settings are listed below.")
     output_dir: Optional[str] = _opt(None, "Overrides the config's output_dir.")
-    set: list[str] = _opt(None, "Override settings, e.g. --set dedup.threshold=0.7 sampling.target_size=1000.",
-                          default_factory=list)
+    overwrite: Optional[bool] = _opt(None, OVERWRITE_HELP.format(
+        "dataset, report, removal log, and embeddings made with other settings") + " An interrupted run (embeddings, "
+        "no results yet) resumes without it. Overrides the config's overwrite.")
+    set: list[str] = field(default_factory=list, metadata={
+        "help": "Override settings, e.g. --set dedup.threshold=0.7 sampling.target_size=1000 (repeatable).",
+        "action": "extend"})
 
 
 @dataclass
@@ -90,7 +107,8 @@ class EmbedArguments:
                           choices=("auto", "bfloat16", "float16", "float32"))
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N.")
     num_workers: int = _opt(0, "DataLoader workers decoding images.")
-    overwrite: bool = _opt(False, "Delete shards made with other settings instead of stopping with an error.")
+    overwrite: bool = _opt(False, OVERWRITE_HELP.format("embeddings made with other settings or of other inputs")
+                           + " A directory made with the same settings resumes without it.")
 
 
 @dataclass
@@ -111,6 +129,7 @@ class DedupArguments(IndexArguments):
     threshold: float = _opt(0.6, "Cosine above which two images are duplicates (paper: 0.6 with SSCD features; "
                                  "calibrate for your model).")
     k: int = _opt(64, "Neighbours per image in the k-NN graph.")
+    overwrite: bool = _opt(False, OVERWRITE_HELP.format("kept.npy, components.npy, removal_log.parquet, result.json"))
 
 
 @dataclass
@@ -123,6 +142,7 @@ class DecontaminateArguments(IndexArguments):
     threshold: float = _opt(0.45, "Cosine above which a pool image matches an evaluation image (paper: 0.45).")
     k: int = _opt(64, "Neighbours searched per image.")
     only_direct_matches: bool = _opt(False, "Remove only direct matches, not their whole duplicate component.")
+    overwrite: bool = _opt(False, OVERWRITE_HELP.format("kept.npy, removal_log.parquet, result.json"))
 
 
 @dataclass
@@ -143,6 +163,7 @@ class RetrieveArguments(IndexArguments):
     selection: str = _opt("random", "cluster: which images of a cluster.", choices=("random", "closest"))
     max_points_per_centroid: Optional[int] = _opt(256, "cluster: k-means training sample per centroid.")
     seed: int = _opt(0, "Random seed.")
+    overwrite: bool = _opt(False, OVERWRITE_HELP.format("retrieved.npy, ..., result.json"))
 
 
 @dataclass
@@ -160,6 +181,7 @@ class ClusterArguments:
     max_points_per_centroid: Optional[int] = _opt(256, "k-means training sample per centroid.")
     seed: int = _opt(0, "Random seed.")
     faiss_device: str = _opt("auto", "cpu, auto (a GPU if faiss sees one) or cuda:N.")
+    overwrite: bool = _opt(False, OVERWRITE_HELP.format("rows.npy, level<l>.npz, result.json"))
 
 
 @dataclass
@@ -174,6 +196,7 @@ class SampleArguments:
     multiplier: int = _opt(1, "Most times one image may be selected; > 1 repeats images of small clusters "
                               "(Vo et al.), so target_size may reach multiplier x images.")
     seed: int = _opt(0, "Random seed.")
+    overwrite: bool = _opt(False, OVERWRITE_HELP.format("selected.npy, result.json"))
 
 
 @dataclass
@@ -188,6 +211,13 @@ class PushArguments:
 ARGUMENTS = {"run": RunArguments, "embed": EmbedArguments, "dedup": DedupArguments,
              "decontaminate": DecontaminateArguments, "retrieve": RetrieveArguments, "cluster": ClusterArguments,
              "sample": SampleArguments, "push": PushArguments}
+#: The files of each single step in its --output_dir (what --overwrite replaces).
+STEP_RESULTS = {"dedup": ("kept.npy", "components.npy", "removal_log.parquet", "result.json"),
+                "decontaminate": ("kept.npy", "removal_log.parquet", "result.json"),
+                "retrieve": ("retrieved.npy", "neighbors.npy", "similarities.npy", "seed_index.npy",
+                             "seed_similarity.npy", "result.json"),
+                "cluster": ("rows.npy", "level*.npz", "result.json"), "sample": ("selected.npy", "result.json"),
+                "embed": ()}  # embed: embeddings with other settings are refused by curation.embed itself
 REQUIRED = {"run": ("config",), "embed": ("input", "model", "output_dir"), "dedup": ("embeddings", "output_dir"),
             "decontaminate": ("embeddings", "eval_embeddings", "output_dir"),
             "retrieve": ("embeddings", "seed_embeddings", "output_dir"),
@@ -195,8 +225,37 @@ REQUIRED = {"run": ("config",), "embed": ("input", "model", "output_dir"), "dedu
             "push": ("curated_dir", "repo_id")}
 
 
+#: What the numeric and device options accept (argparse checks their types and the listed choices).
+OPTION_RULES = {
+    "threshold": COSINE, "k": COUNT, "batch_size": COUNT, "shard_size": COUNT, "num_workers": integer(0),
+    "image_size": optional(COUNT), "device": DEVICE, "faiss_device": DEVICE, "nprobe": optional(COUNT),
+    "nlist": optional(COUNT), "n_neighbors": COUNT, "n_clusters": optional(either(COUNT, list_of(COUNT))),
+    "min_seeds": integer(0), "per_cluster": COUNT, "max_total": optional(COUNT), "n_resampling_steps": integer(0),
+    "n_iter": COUNT, "max_points_per_centroid": optional(COUNT), "target_size": optional(COUNT),
+    "multiplier": COUNT, "seed": integer(0),
+}
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults in the option help, and the description / epilog printed as written."""
+
+
+def _fail(message: str, code: int = 1) -> None:
+    """Stop with one line on stderr: ``dinov2-curate: error: <message>``."""
+    print(f"dinov2-curate: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _parser_class():
+    from transformers import HfArgumentParser
+
+    class Parser(HfArgumentParser):
+        """Option errors as one line (no usage block), pointing to the step's --help."""
+
+        def error(self, message: str) -> None:
+            _fail(f"{message.rstrip('.')} (see {self.prog} --help)", code=2)
+
+    return Parser
 
 
 def _usage() -> str:
@@ -206,15 +265,28 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _out(path: str) -> Path:
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def _holding_output_dir(step: str, args):
+    """The step's output directory, held while the step runs (``run``: by `curation.pipeline.curate`)."""
+    from .outputs import claim_output_dir
+
+    if step not in STEP_RESULTS:
+        return contextlib.nullcontext()
+    return claim_output_dir(args.output_dir, STEP_RESULTS[step], overwrite=args.overwrite, job=f"dinov2-curate {step}")
 
 
 def _write_json(out: Path, payload: dict) -> None:
     (out / "result.json").write_text(json.dumps(payload, indent=2, default=str))
     print(json.dumps(payload, indent=2, default=str))
+
+
+def _embeddings(path: str, option: str):
+    """The embedding directory given to ``option``; one that is missing or incomplete is a bad option value."""
+    from .embed import load_embeddings
+
+    try:
+        return load_embeddings(path)
+    except (OSError, ValueError) as err:
+        raise SettingError(f"{option}: {err}") from err
 
 
 def _index_config(args: IndexArguments):
@@ -239,39 +311,50 @@ def cmd_run(args: RunArguments) -> None:
     cfg = CurationConfig.from_file(args.config)
     for item in args.set:
         if "=" not in item:
-            raise SystemExit(f"error: --set expects KEY=VALUE; received {item!r}")
+            raise SettingError(f"--set expects KEY=VALUE, e.g. dedup.threshold=0.7; received {item!r}.")
         key, value = item.split("=", 1)
-        set_by_path(cfg, key, value)
+        set_by_path(cfg, key.strip(), value)
+    cfg.validate()
+    if args.overwrite is not None:
+        cfg.overwrite = args.overwrite
     result = curate(config=cfg, output_dir=args.output_dir)
     print(json.dumps({"output_dir": result.output_dir, "counts": result.report["counts"],
-                      "removed_by_reason": result.report["removed_by_reason"]}, indent=2))
+                      "removed_by_reason": result.report["removed_by_reason"],
+                      "embeddings": result.report["embeddings"]}, indent=2))
 
 
 def cmd_embed(args: EmbedArguments) -> None:
-    from .embed import embed_images
+    from .embed import FAILURE_KINDS, embed_images, failure_kind, load_model_setting
     from .inputs import load_image_set
 
     spec = args.input
-    if spec.endswith(".txt") and Path(spec).is_file():
-        spec = [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
-    image_set = load_image_set(spec, args.name, image_column=args.image_column)
-    res = embed_images(image_set, args.model, args.output_dir, batch_size=args.batch_size, shard_size=args.shard_size,
+    if spec.endswith(".txt") and Path(spec).is_file():  # file names that are not UTF-8 survive surrogateescape
+        lines = Path(spec).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+        spec = [line.strip() for line in lines if line.strip()]
+    try:
+        image_set = load_image_set(spec, args.name, image_column=args.image_column)
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        raise SettingError(f"--input: {err}") from err
+    model = load_model_setting(args.model, "--model", image_size=args.image_size)
+    res = embed_images(image_set, model, args.output_dir, batch_size=args.batch_size, shard_size=args.shard_size,
                        pooling=args.pooling, storage_dtype=args.storage_dtype, precision=args.precision,
                        image_size=args.image_size, device=args.device, num_workers=args.num_workers,
                        overwrite=args.overwrite)
-    payload = {"images": res.n_total, "embedded": int(res.rows.size), "undecodable": len(res.failures),
-               "dim": res.embeddings.dim, "shards_computed": res.shards_computed, "failures": res.failures[:20]}
+    kinds = [failure_kind(f) for f in res.failures]
+    payload = {"images": res.n_total, "embedded": int(res.rows.size), **{k: kinds.count(k) for k in FAILURE_KINDS},
+               "dim": res.embeddings.dim, "shards_computed": res.shards_computed,
+               "embeddings_computed": res.embeddings_computed, "embeddings_reused": res.embeddings_reused,
+               "failures": res.failures[:20]}
     print(json.dumps(payload, indent=2))
 
 
 def cmd_dedup(args: DedupArguments) -> None:
     from .dedup import deduplicate
-    from .embed import load_embeddings
 
-    emb = load_embeddings(args.embeddings)
+    emb = _embeddings(args.embeddings, "--embeddings")
     index = _index_config(args)
     res = deduplicate(emb.embeddings, args.threshold, args.k, index_type=index.index_type, **index.search_kwargs())
-    out = _out(args.output_dir)
+    out = Path(args.output_dir)  # created and held by main
     np.save(out / "kept.npy", emb.rows[res.kept])
     np.save(out / "components.npy", res.labels)
     r = res.removed
@@ -284,18 +367,17 @@ def cmd_dedup(args: DedupArguments) -> None:
 
 def cmd_decontaminate(args: DecontaminateArguments) -> None:
     from .dedup import decontaminate
-    from .embed import load_embeddings
     from .store import ArraySource
 
-    emb = load_embeddings(args.embeddings)
-    evals = [load_embeddings(p) for p in args.eval_embeddings]
+    emb = _embeddings(args.embeddings, "--embeddings")
+    evals = [_embeddings(p, "--eval_embeddings") for p in args.eval_embeddings]
     owner = np.concatenate([np.full(e.rows.size, i) for i, e in enumerate(evals)])
     eval_rows = np.concatenate([e.rows for e in evals])
     eval_x = ArraySource(np.concatenate([e.embeddings.to_numpy() for e in evals]))
     index = _index_config(args)
     res = decontaminate(emb.embeddings, eval_x, args.threshold, args.k, whole_components=not args.only_direct_matches,
                         index_type=index.index_type, **index.search_kwargs())
-    out = _out(args.output_dir)
+    out = Path(args.output_dir)  # created and held by main
     np.save(out / "kept.npy", emb.rows[res.kept])
     r = res.removed
     log = _log_dataset(emb.rows[r.index], r.reason, np.where(r.matched_index >= 0, eval_rows[r.matched_index], -1),
@@ -308,11 +390,10 @@ def cmd_decontaminate(args: DecontaminateArguments) -> None:
 
 
 def cmd_retrieve(args: RetrieveArguments) -> None:
-    from .embed import load_embeddings
     from .retrieval import cluster_based_retrieval, sample_based_retrieval
 
-    emb, seeds = load_embeddings(args.embeddings), load_embeddings(args.seed_embeddings)
-    out = _out(args.output_dir)
+    emb, seeds = _embeddings(args.embeddings, "--embeddings"), _embeddings(args.seed_embeddings, "--seed_embeddings")
+    out = Path(args.output_dir)  # created and held by main
     if args.mode == "sample":
         index = _index_config(args)
         res = sample_based_retrieval(emb.embeddings, seeds.embeddings, args.n_neighbors,
@@ -336,15 +417,14 @@ def cmd_retrieve(args: RetrieveArguments) -> None:
 
 
 def cmd_cluster(args: ClusterArguments) -> None:
-    from .embed import load_embeddings
     from .kmeans import hierarchical_kmeans
     from .report import balance_summary
 
-    emb = load_embeddings(args.embeddings)
+    emb = _embeddings(args.embeddings, "--embeddings")
     res = hierarchical_kmeans(emb.embeddings.normalized(), args.n_clusters, n_resampling_steps=args.n_resampling_steps,
                               resampling_strategy=args.resampling_strategy, n_iter=args.n_iter, seed=args.seed,
                               max_points_per_centroid=args.max_points_per_centroid, device=args.faiss_device)
-    out = _out(args.output_dir)
+    out = Path(args.output_dir)  # created and held by main
     np.save(out / "rows.npy", emb.rows)
     for lvl, level in enumerate(res.levels):
         np.savez(out / f"level{lvl}.npz", centroids=level.centroids, assignments=level.assignments,
@@ -358,6 +438,9 @@ def cmd_sample(args: SampleArguments) -> None:
     from .sampling import hierarchical_sampling
 
     src = Path(args.clustering)
+    if not (src / "rows.npy").is_file() or not (src / "level0.npz").is_file():
+        raise SettingError(f"--clustering: {src} holds no clustering (rows.npy, level0.npz); make one with "
+                           "dinov2-curate cluster.")
     rows = np.load(src / "rows.npy")
     levels = []
     while (src / f"level{len(levels)}.npz").exists():
@@ -366,7 +449,7 @@ def cmd_sample(args: SampleArguments) -> None:
                                   int(z["n_resampling_steps"]), int(z["sample_size"])))
     res = hierarchical_sampling(HierarchicalKMeansResult(tuple(levels), int(rows.size)), args.target_size,
                                 strategy=args.strategy, multiplier=args.multiplier, seed=args.seed)
-    out = _out(args.output_dir)
+    out = Path(args.output_dir)  # created and held by main
     np.save(out / "selected.npy", rows[res.indices])
     _write_json(out, {"selected": int(res.indices.size), "distinct": int(np.unique(res.indices).size),
                       "of": int(rows.size), "multiplier": args.multiplier})
@@ -384,28 +467,40 @@ COMMANDS = {"run": cmd_run, "embed": cmd_embed, "dedup": cmd_dedup, "decontamina
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from transformers import HfArgumentParser
-
+    """Run one step. A bad option, setting or input stops it with one line on stderr (exit code 2 for options
+    the parser rejects, 1 otherwise), never with a traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return
     step = argv.pop(0)
     if step not in COMMANDS:
-        raise SystemExit(f"error: unknown step {step!r}; choose one of {', '.join(STEPS)} (see --help).")
+        _fail(f"unknown step {step!r}; choose one of {', '.join(STEPS)} (see dinov2-curate --help).", code=2)
     epilog = None
     if step == "run":
         from .config import describe_settings
 
         epilog = "config settings (YAML keys, with their defaults):\n" + describe_settings()
-    parser = HfArgumentParser(ARGUMENTS[step], prog=f"dinov2-curate {step}", description=ARGUMENTS[step].__doc__,
-                              epilog=epilog, formatter_class=_HelpFormatter)
-    (args,) = parser.parse_args_into_dataclasses(argv)
+    parser = _parser_class()(ARGUMENTS[step], prog=f"dinov2-curate {step}", description=ARGUMENTS[step].__doc__,
+                             epilog=epilog, formatter_class=_HelpFormatter)
+    args, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unknown option(s) {' '.join(unknown)}")
     missing = [name for name in REQUIRED[step] if getattr(args, name) in (None, [], "")]
     if missing:
         parser.error(f"missing required option(s): {', '.join('--' + n for n in missing)}")
+    try:
+        for name, rule in OPTION_RULES.items():
+            if hasattr(args, name):
+                rule.check(f"--{name}", getattr(args, name))
+    except SettingError as err:
+        parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    COMMANDS[step](args)
+    try:
+        with _holding_output_dir(step, args):
+            COMMANDS[step](args)
+    except (ValueError, OSError, OutputDirBusyError) as err:  # SettingError is a ValueError
+        _fail(str(err))
 
 
 if __name__ == "__main__":

@@ -6,13 +6,20 @@ on CPUs that support it), and writes every ``shard_size`` input rows as one Arro
 (``fixed_size_list<float16|float32>[d]``). A shard is written to a temporary name and renamed when
 complete, so a killed run leaves only whole shards behind, and the next call computes only the missing
 ones. Images that cannot be decoded are listed with the reason in ``shard-00000.failures.json`` (written
-before the shard is renamed) and never get an embedding. On resume, leftover ``*.tmp`` files are
-deleted, and every shard on disk is checked (readable, embeddings + failures = its input rows); a
-damaged one is computed again.
+before the shard is renamed) and never get an embedding. So are images whose embedding has no direction,
+which cosine similarity cannot compare: an all-zero embedding (a blank, uniform image under ``pixels:N``)
+or one with NaN or inf. Each failure has a ``kind`` (:data:`FAILURE_KINDS`) and a ``reason``. On resume,
+leftover ``*.tmp`` files are deleted, and every shard on disk is checked (readable, embeddings + failures
+= its input rows); a damaged one is computed again.
 
 The directory also holds ``embedding_meta.json``: the model, pooling, preprocessing, storage dtype and a
-fingerprint of the input. Resuming with different settings raises an error instead of mixing
-embeddings from two models.
+fingerprint of the input (which images, in which order). Resuming with different settings raises an error
+instead of mixing embeddings from two models.
+
+An image can change while its path stays the same, so every shard also records what its rows were made
+from, in ``shard-00000.inputs.json``: a hash of each row's image bytes (images held in a dataset) or of its
+file's path, size and modification time (image files, which are not read again just to check). On resume a
+shard whose inputs changed is embedded again; the others are reused, and the result counts both.
 
 Pooling: ``"cls"`` is ``pooler_output`` (the final-normed CLS token, what DINOv2's k-NN evaluation
 uses), ``"mean"`` the mean of the normed patch tokens, ``"cls+mean"`` their concatenation (DINOv2's
@@ -41,6 +48,13 @@ POOLINGS = ("cls", "mean", "cls+mean")
 STORAGE_DTYPES = ("float16", "float32")
 PRECISIONS = ("auto", "bfloat16", "float16", "float32")
 META_FILE = "embedding_meta.json"
+#: Kinds of failure: the image cannot be decoded, or its embedding is all zeros / not finite.
+UNDECODABLE, ZERO_EMBEDDING, NON_FINITE_EMBEDDING = "undecodable", "zero_embedding", "non_finite_embedding"
+FAILURE_KINDS = (UNDECODABLE, ZERO_EMBEDDING, NON_FINITE_EMBEDDING)
+_UNUSABLE_REASONS = {
+    ZERO_EMBEDDING: "blank image (zero embedding): a uniform image has no direction to compare",
+    NON_FINITE_EMBEDDING: "the embedding holds NaN or inf (try precision float32)",
+}
 SHARD_DIR = "shards"
 
 # DINOv2's evaluation transform (resize the short side to 256, centre-crop 224, ImageNet statistics).
@@ -138,6 +152,8 @@ def load_model(model: Any, *, image_size: Optional[int] = None) -> LoadedModel:
         return LoadedModel(module.eval(), f"{PIXELS}:{side}", Preprocessing(resize=size, crop=size), None, 0)
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
+        if not os.path.exists(path) and (os.path.isabs(path) or path.startswith((".", "~"))):
+            raise FileNotFoundError(f"{path} does not exist")  # a path, not a Hub id: do not ask the Hub
         if os.path.isfile(path) and path.endswith((".pt", ".pth", ".torchscript", ".jit")):
             module = torch.jit.load(path, map_location="cpu")
             name = f"torchscript:{os.path.abspath(path)}"
@@ -164,6 +180,20 @@ def load_model(model: Any, *, image_size: Optional[int] = None) -> LoadedModel:
     if patch_size and preprocessing.crop % int(patch_size):
         raise ValueError(f"image_size/crop {preprocessing.crop} must be a multiple of the model's patch size {patch_size}.")
     return LoadedModel(module.eval(), name, preprocessing, patch_size, prefix)
+
+
+def load_model_setting(model: Any, setting: str, *, image_size: Optional[int] = None) -> LoadedModel:
+    """:func:`load_model`, with any failure to load reported as a bad value of ``setting`` (one line)."""
+    from .checks import MODEL, SettingError
+
+    if isinstance(model, LoadedModel):
+        return model
+    try:
+        return load_model(model, image_size=image_size)
+    except (OSError, ValueError, TypeError) as err:
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        raise SettingError(f"{setting}: cannot load {model!r} ({lines[0].rstrip('.')}); it must be "
+                           f"{MODEL.description}.") from err
 
 
 def pool_output(output: Any, pooling: str, num_prefix_tokens: int):
@@ -228,11 +258,14 @@ class EmbeddingResult(NamedTuple):
     Attributes:
         embeddings: :class:`~curation.store.ArrowEmbeddings` over the decodable rows, in input order.
         rows: ``(M,)`` int64 input row of each embedding.
-        failures: one dict per undecodable input row: ``row``, ``source`` and ``reason``.
+        failures: one dict per input row without an embedding: ``row``, ``source``, ``kind`` (one of
+            :data:`FAILURE_KINDS`) and ``reason``.
         n_total: rows of the input.
         settings: the :class:`EmbeddingSettings`.
         shards_computed: shards computed by this call (the others were already on disk).
         directory: the embedding directory.
+        embeddings_computed: embeddings computed by this call.
+        embeddings_reused: embeddings reused from shards already on disk (their inputs had not changed).
     """
 
     embeddings: ArrowEmbeddings
@@ -242,6 +275,8 @@ class EmbeddingResult(NamedTuple):
     settings: EmbeddingSettings
     shards_computed: int
     directory: str
+    embeddings_computed: int = 0
+    embeddings_reused: int = 0
 
     def to_dataset(self):
         """The embeddings as one memory-mapped ``datasets.Dataset`` (columns ``row``, ``embedding``)."""
@@ -257,8 +292,60 @@ def _input_fingerprint(image_set: ImageSet) -> str:
     return hashlib.sha256(str(len(image_set)).encode()).hexdigest()[:16]  # pragma: no cover
 
 
+def failure_kind(failure: dict) -> str:
+    """The kind of a failure record (records written before kinds existed are undecodable images)."""
+    return failure.get("kind", UNDECODABLE)
+
+
+def _unusable(vectors: np.ndarray) -> list:
+    """Per row: ``None`` when the embedding can be normalised, else its failure kind (zero or non-finite)."""
+    finite = np.isfinite(vectors).all(axis=1)
+    nonzero = (vectors != 0).any(axis=1)
+    return [None if ok and nz else (ZERO_EMBEDDING if ok else NON_FINITE_EMBEDDING) for ok, nz in zip(finite, nonzero)]
+
+
+def _shard_inputs_fingerprints(image_set: ImageSet, n_shards: int, shard_size: int, chunk: int = 256) -> list:
+    """Per shard, a hash of what its rows are embedded from: the image bytes, or the file's path, size and mtime."""
+    view = image_set.dataset.select_columns([image_set.image_column]).with_format("arrow")
+    n = len(image_set)
+    fingerprints = []
+    for shard in range(n_shards):
+        digest = hashlib.blake2b(digest_size=16)
+        for start in range(shard * shard_size, min(n, (shard + 1) * shard_size), chunk):
+            stop = min(n, (shard + 1) * shard_size, start + chunk)
+            images = view[start:stop].column(image_set.image_column).combine_chunks()
+            for data, path in zip(images.field("bytes").to_pylist(), images.field("path").to_pylist()):
+                if data is not None:
+                    digest.update(b"bytes %d:" % len(data) + data)
+                else:
+                    digest.update(f"file {path}:{_file_state(path)};".encode("utf-8", "surrogateescape"))
+        fingerprints.append(digest.hexdigest())
+    return fingerprints
+
+
+def _file_state(path: Optional[str]) -> str:
+    """``size:mtime_ns`` of a file, or why there is none (a file that appears later changes the fingerprint)."""
+    try:
+        stat = os.stat(path)
+    except (OSError, TypeError, ValueError) as err:
+        return type(err).__name__
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def _shard_path(directory: Path, shard: int) -> Path:
     return directory / SHARD_DIR / f"shard-{shard:05d}.arrow"
+
+
+def _inputs_path(directory: Path, shard: int) -> Path:
+    return directory / SHARD_DIR / f"shard-{shard:05d}.inputs.json"
+
+
+def _recorded_inputs(directory: Path, shard: int) -> Optional[str]:
+    """The input fingerprint recorded with a shard (``None`` if there is none, e.g. written by an older version)."""
+    try:
+        return json.loads(_inputs_path(directory, shard).read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _failures_path(directory: Path, shard: int) -> Path:
@@ -316,19 +403,25 @@ def _replace_durably(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def _write_shard(directory: Path, shard: int, rows: list, vectors: np.ndarray, failures: list, storage_dtype: str) -> None:
-    """Write one shard atomically: failures first, then the Arrow file, each under a temporary name, then rename.
+def _write_json_durably(path: Path, payload: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload))
+    _replace_durably(tmp, path)
 
-    The Arrow file is renamed last, so its presence means that the shard and its failures are complete.
+
+def _write_shard(directory: Path, shard: int, rows: list, vectors: np.ndarray, failures: list, storage_dtype: str,
+                 inputs_fingerprint: str) -> None:
+    """Write one shard atomically: failures and input fingerprint first, then the Arrow file, each under a
+    temporary name, then renamed.
+
+    The Arrow file is renamed last, so its presence means that the shard and its records are complete.
     """
     from datasets import Features, List, Value
     from datasets.arrow_writer import ArrowWriter
 
     dim = vectors.shape[1]
-    failures_file = _failures_path(directory, shard)
-    failures_tmp = failures_file.with_suffix(".json.tmp")
-    failures_tmp.write_text(json.dumps(failures))
-    _replace_durably(failures_tmp, failures_file)
+    _write_json_durably(_failures_path(directory, shard), failures)
+    _write_json_durably(_inputs_path(directory, shard), {"fingerprint": inputs_fingerprint})
     final = _shard_path(directory, shard)
     tmp = final.with_suffix(".arrow.tmp")
     features = Features({"row": Value("int64"), "embedding": List(Value(storage_dtype), length=dim)})
@@ -388,7 +481,9 @@ def embed_images(
         image_size: crop size (default: the checkpoint's preprocessing, else 224).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         num_workers: DataLoader workers decoding images.
-        overwrite: delete existing shards made with other settings instead of raising.
+        overwrite: replace the embeddings of ``output_dir`` made with other settings (or other inputs)
+            instead of raising. Shards made with these settings are reused either way, unless their inputs
+            changed.
         progress: tqdm bar over images.
     """
     import torch
@@ -416,8 +511,8 @@ def embed_images(
         changed = sorted(k for k in new if k != "dim" and old.get(k) != new[k])
         if changed and not overwrite:
             raise ValueError(
-                f"{directory} holds embeddings made with other settings (different {', '.join(changed)}); "
-                "use another output directory or overwrite=True."
+                f"{directory} holds embeddings made with other settings (different {', '.join(changed)}). Pass "
+                "--overwrite true (in Python: overwrite=True) to replace them, or choose another output directory."
             )
         if changed:
             for file in (directory / SHARD_DIR).iterdir():
@@ -427,13 +522,18 @@ def embed_images(
     n_shards = (n + shard_size - 1) // shard_size
     for stale in (directory / SHARD_DIR).glob("*.tmp"):  # left by a run killed while writing
         stale.unlink()
+    inputs = _shard_inputs_fingerprints(image_set, n_shards, shard_size)
     todo = []
     for s in range(n_shards):
         if _shard_path(directory, s).exists():
             problem = _shard_problem(directory, s, min(shard_size, n - s * shard_size))
-            if problem is None:
+            if problem is None and _recorded_inputs(directory, s) == inputs[s]:
                 continue
-            logger.warning("%s: shard %d is damaged (%s); computing it again", directory, s, problem)
+            if problem is None:
+                logger.info("%s: the input images of shard %d changed since it was embedded; embedding it again",
+                            directory, s)
+            else:
+                logger.warning("%s: shard %d is damaged (%s); computing it again", directory, s, problem)
             _shard_path(directory, s).unlink()
         todo.append(s)
     if todo and len(todo) < n_shards:
@@ -455,23 +555,31 @@ def embed_images(
         ok = [(row, pixels) for row, pixels, err in items if err is None]
         for row, _, err in items:
             if err is not None:
-                entry["failures"].append({"row": row, "source": image_set.source_of(row), "reason": err})
+                entry["failures"].append({"row": row, "source": image_set.source_of(row), "kind": UNDECODABLE,
+                                          "reason": err})
         if ok:
             pixels = torch.stack([p for _, p in ok]).to(device)
             with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=autocast_dtype or torch.float32,
                                                  enabled=autocast_dtype is not None):
                 features = pool_output(module(pixels), pooling, loaded.num_prefix_tokens)
-            vectors = features.float().cpu().numpy()
+            vectors = features.float().cpu().numpy().astype(storage_dtype)  # checked as they will be stored
             dim = vectors.shape[1]
-            entry["rows"].extend(row for row, _ in ok)
-            entry["vectors"].append(vectors)
+            kinds = _unusable(vectors)
+            for (row, _), kind in zip(ok, kinds):
+                if kind is not None:
+                    entry["failures"].append({"row": row, "source": image_set.source_of(row), "kind": kind,
+                                              "reason": _UNUSABLE_REASONS[kind]})
+            usable = np.array([kind is None for kind in kinds])
+            entry["rows"].extend(row for (row, _), good in zip(ok, usable) if good)
+            entry["vectors"].append(vectors[usable])
         entry["seen"] += len(items)
         bar.update(len(items))
         if entry["seen"] == min(shard_size, n - shard * shard_size):
             if dim is None:  # a shard where nothing decodes, before any embedding was seen
                 dim = _probe_dim(module, loaded, pooling, device)
             vectors = np.concatenate(entry["vectors"]) if entry["vectors"] else np.empty((0, dim), np.float32)
-            _write_shard(directory, shard, entry["rows"], vectors, entry["failures"], storage_dtype)
+            failures = sorted(entry["failures"], key=lambda f: f["row"])
+            _write_shard(directory, shard, entry["rows"], vectors, failures, storage_dtype, inputs[shard])
             del pending[shard]
     bar.close()
     if dim is not None and settings.dim != dim:
@@ -482,7 +590,10 @@ def embed_images(
         first = result.failures[0]
         logger.warning("%s: %d of %d images cannot be decoded and are skipped (e.g. %s: %s)", image_set.name,
                        len(result.failures), n, first["source"], first["reason"])
-    return result._replace(shards_computed=len(todo))
+    computed = int(np.isin(result.rows // shard_size, todo).sum())
+    reused = int(result.rows.size) - computed
+    logger.info("%s: %d embeddings computed, %d reused from earlier shards", directory, computed, reused)
+    return result._replace(shards_computed=len(todo), embeddings_computed=computed, embeddings_reused=reused)
 
 
 def _probe_dim(module, loaded: LoadedModel, pooling: str, device: str) -> int:

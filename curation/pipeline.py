@@ -3,7 +3,8 @@
 Steps, in the order of DINOv2 App. A and Vo et al. 2024 (each can be switched off in the config):
 
 1. **Embed** the pool, the seed sets and the evaluation sets (:mod:`curation.embed`; resumable shards).
-   Undecodable images are removed with reason ``undecodable``.
+   Undecodable images are removed with reason ``undecodable``; images whose embedding is all zeros (a
+   blank image under ``pixels:N``) or not finite with ``zero_embedding`` / ``non_finite_embedding``.
 2. **De-duplicate** the pool: k-NN graph, edges with cosine ``> dedup.threshold``, connected
    components, one keeper per component (reasons ``duplicate`` / ``duplicate_chain``).
 3. **Decontaminate** against the evaluation sets: every pool item in a component (at
@@ -47,12 +48,14 @@ from typing import Any, NamedTuple, Optional, Union
 import numpy as np
 from tqdm.auto import tqdm
 
+from .checks import MODEL, SettingError
 from .config import CurationConfig
 from .dedup import deduplicate, decontaminate, knn_edges
-from .embed import EmbeddingResult, embed_images, load_model
+from .embed import UNDECODABLE, EmbeddingResult, LoadedModel, embed_images, failure_kind, load_model_setting
 from .index import build_index
 from .inputs import ImageSet, load_image_set
 from .kmeans import assign_to_centroids, hierarchical_kmeans
+from .outputs import RUN_RESULTS, claim_output_dir
 from .report import balance_summary, check_accounting, plot_cluster_sizes, write_report
 from .retrieval import cluster_based_retrieval, sample_based_retrieval
 from .sampling import hierarchical_sampling
@@ -61,11 +64,14 @@ from .store import ArraySource, EmbeddingSource, SubsetSource
 logger = logging.getLogger(__name__)
 
 POOL = "pool"
-REASON_UNDECODABLE = "undecodable"
+REASON_UNDECODABLE = UNDECODABLE
 REASON_NOT_RETRIEVED = "not_retrieved"
 REASON_NOT_SAMPLED = "not_sampled"
 REASON_NOT_SELECTED = "not_selected"
 KEPT = "kept"
+
+#: How to replace the results of an earlier run (see curation.outputs).
+OVERWRITE_FLAG = "--overwrite true (in a config file: overwrite: true)"
 
 LOG_COLUMNS = ("set", "index", "source", "reason", "matched_set", "matched_index", "similarity", "detail")
 
@@ -94,12 +100,16 @@ def default_levels(n: int) -> list:
     return levels
 
 
-def _named_sets(spec: Any, kind: str, image_column: Optional[str]) -> dict:
+def _named_sets(spec: Any, setting: str, default_name: str, image_column: Optional[str]) -> dict:
+    """``{name: ImageSet}`` of the ``seeds`` or ``eval_sets`` setting: one set (named ``default_name``), or
+    ``{name: set}``."""
     if spec is None:
         return {}
-    if isinstance(spec, dict):
-        return {str(name): load_image_set(value, str(name), image_column=image_column) for name, value in spec.items()}
-    return {kind: load_image_set(spec, kind, image_column=image_column)}
+    named = {str(name): value for name, value in spec.items()} if isinstance(spec, dict) else {default_name: spec}
+    try:
+        return {name: load_image_set(value, name, image_column=image_column) for name, value in named.items()}
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        raise SettingError(f"{setting}: {err}") from err
 
 
 class _PoolLedger:
@@ -131,15 +141,26 @@ class _PoolLedger:
         return np.flatnonzero(self.reason == KEPT)
 
 
-def _embed_all(cfg: CurationConfig, sets: dict, out: Path, which: str, model: Any, pooling: str) -> dict:
+def _embed_all(cfg: CurationConfig, sets: dict, out: Path, which: str, loaded: LoadedModel, pooling: str) -> dict:
     e = cfg.embedding
-    loaded = load_model(model, image_size=e.image_size)
     return {
         name: embed_images(image_set, loaded, out / which / name, batch_size=e.batch_size, shard_size=e.shard_size,
                            pooling=pooling, storage_dtype=e.storage_dtype, precision=e.precision, device=e.device,
-                           num_workers=e.num_workers, progress=cfg.progress)
+                           num_workers=e.num_workers, overwrite=cfg.overwrite, progress=cfg.progress)
         for name, image_set in sets.items()
     }
+
+
+def _failures(name: str, semantic: dict, copy_emb: dict) -> dict:
+    """``{row: failure record}`` of a set's images without an embedding, under either model (semantic first)."""
+    failures = {f["row"]: f for f in (copy_emb[name].failures if name in copy_emb else [])}
+    failures.update({f["row"]: f for f in semantic[name].failures})
+    return failures
+
+
+def _reuse_counts(results: dict) -> dict:
+    """Per set: embeddings computed by this run and reused from an earlier one."""
+    return {name: {"computed": r.embeddings_computed, "reused": r.embeddings_reused} for name, r in results.items()}
 
 
 def _aligned(result: EmbeddingResult, rows: np.ndarray) -> EmbeddingSource:
@@ -167,7 +188,13 @@ def curate(
         eval_sets: optional evaluation sets to decontaminate against: one set or ``{name: set}``.
         config: a :class:`~curation.config.CurationConfig`, a dict of its sections, or a YAML/JSON file.
             ``pool``/``seeds``/``eval_sets``/``output_dir`` given here override the config's.
-        output_dir: where to write everything.
+        output_dir: where to write everything. The run holds it while it runs; results of an earlier run
+            there are replaced only with the config's ``overwrite`` (see :mod:`curation.outputs`).
+
+    Raises:
+        curation.checks.SettingError: a bad setting, input or model (a ``ValueError``), before anything is written.
+        OutputDirBusyError: another running job holds ``output_dir``.
+        curation.outputs.EarlierResultsError: ``output_dir`` holds the results of an earlier run.
     """
     if isinstance(config, (str, Path)):
         cfg = CurationConfig.from_file(config)
@@ -180,11 +207,28 @@ def curate(
             setattr(cfg, name, value)
     cfg.validate()
     if cfg.pool is None:
-        raise ValueError("no pool given: pass pool= or set `pool` in the config.")
+        raise SettingError("no pool given: set pool (a folder of images, a list of files or a saved dataset).")
     if cfg.embedding.model is None:
-        raise ValueError("no embedding model given: set embedding.model (a checkpoint path, Hub id or module).")
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+        raise SettingError(f"no embedding model given: set embedding.model ({MODEL.description}).")
+    # Inputs and models first: a bad one stops the run before the output directory is touched.
+    pool_set = load_image_set(cfg.pool, POOL, image_column=cfg.image_column)
+    seed_sets = _named_sets(cfg.seeds, "seeds", "seeds", cfg.image_column)
+    eval_sets_ = _named_sets(cfg.eval_sets, "eval_sets", "eval", cfg.image_column)
+    names = [POOL, *seed_sets, *eval_sets_]
+    if len(set(names)) != len(names):
+        raise SettingError(f"set names must be unique (and not {POOL!r} for seeds or eval sets); received {names}.")
+    e = cfg.embedding
+    model = load_model_setting(e.model, "embedding.model", image_size=e.image_size)
+    dedup_model = None if e.dedup_model is None else load_model_setting(e.dedup_model, "embedding.dedup_model",
+                                                                         image_size=e.image_size)
+    with claim_output_dir(cfg.output_dir, RUN_RESULTS, overwrite=cfg.overwrite, job="dinov2-curate run",
+                          flag=OVERWRITE_FLAG) as out:
+        return _run_pipeline(cfg, out, pool_set, seed_sets, eval_sets_, model, dedup_model)
+
+
+def _run_pipeline(cfg: CurationConfig, out: Path, pool_set: ImageSet, seed_sets: dict, eval_sets_: dict,
+                  model: LoadedModel, dedup_model: Optional[LoadedModel]) -> CurationResult:
+    """The steps of :func:`curate`, in an output directory that this process holds."""
     timings: dict = {}
     clock = time.perf_counter()
 
@@ -194,34 +238,30 @@ def curate(
         timings[step] = round(now - clock, 3)
         clock = now
 
-    # ------------------------------------------------------------------ inputs and embeddings
-    pool_set = load_image_set(cfg.pool, POOL, image_column=cfg.image_column)
-    seed_sets = _named_sets(cfg.seeds, "seeds", cfg.image_column)
-    eval_sets_ = _named_sets(cfg.eval_sets, "eval", cfg.image_column)
-    names = [POOL, *seed_sets, *eval_sets_]
-    if len(set(names)) != len(names):
-        raise ValueError(f"set names must be unique (and not {POOL!r} for seeds or eval sets); received {names}.")
-    semantic = _embed_all(cfg, {POOL: pool_set, **seed_sets, **eval_sets_}, out, "embeddings", cfg.embedding.model,
-                          cfg.embedding.pooling)
-    if cfg.embedding.dedup_model is not None:
+    # ------------------------------------------------------------------ embeddings
+    e = cfg.embedding
+    semantic = _embed_all(cfg, {POOL: pool_set, **seed_sets, **eval_sets_}, out, "embeddings", model, e.pooling)
+    if dedup_model is not None:
         copy_sets = {POOL: pool_set, **eval_sets_}
-        copy_emb = _embed_all(cfg, copy_sets, out, "embeddings_dedup", cfg.embedding.dedup_model,
-                              cfg.embedding.dedup_pooling or cfg.embedding.pooling)
+        copy_emb = _embed_all(cfg, copy_sets, out, "embeddings_dedup", dedup_model, e.dedup_pooling or e.pooling)
     else:
         copy_emb = semantic
     lap("embedding")
 
     n_pool = len(pool_set)
     ledger = _PoolLedger(n_pool)
-    failed = {f["row"]: f["reason"] for f in semantic[POOL].failures}
-    failed.update({f["row"]: f["reason"] for f in copy_emb[POOL].failures if f["row"] not in failed})
-    if failed:
-        rows = np.fromiter(failed, dtype=np.int64)
-        ledger.remove(rows, REASON_UNDECODABLE, detail=np.array([failed[r] for r in rows], dtype=object))
+    failed = _failures(POOL, semantic, copy_emb)
+    for kind in sorted({failure_kind(f) for f in failed.values()}):  # reason: the kind; detail: the message
+        rows = np.array([row for row, f in failed.items() if failure_kind(f) == kind], dtype=np.int64)
+        ledger.remove(rows, kind, detail=np.array([failed[row]["reason"] for row in rows], dtype=object))
     valid = ledger.alive()
-    counts = {"input": n_pool, "decodable": int(valid.size)}
+    n_undecodable = sum(failure_kind(f) == UNDECODABLE for f in failed.values())
+    counts = {"input": n_pool, "decodable": n_pool - n_undecodable, "embedded": int(valid.size)}
     report: dict = {"config": cfg.to_dict(), "models": {"semantic": semantic[POOL].settings.model,
                                                         "dedup": copy_emb[POOL].settings.model}}
+    report["embeddings"] = {"model": _reuse_counts(semantic)}  # reused: their shards' inputs had not changed
+    if copy_emb is not semantic:
+        report["embeddings"]["dedup_model"] = _reuse_counts(copy_emb)
     ignored = {name: list(s.ignored_files) for name, s in {POOL: pool_set, **seed_sets, **eval_sets_}.items()
                if s.ignored_files}
     if ignored:
@@ -390,10 +430,12 @@ def curate(
     accounting = {POOL: {"total": n_pool, "outcome": _count(ledger.reason)}}
     for name in [*seed_sets, *eval_sets_]:
         emb = semantic[name]
-        bad = {f["row"] for f in emb.failures} | ({f["row"] for f in copy_emb[name].failures} if name in copy_emb else set())
+        bad = _failures(name, semantic, copy_emb)
         role = KEPT if (name in seed_sets and cfg.include_seeds) else "used_as_reference"
-        accounting[name] = {"total": emb.n_total, "outcome": {role: emb.n_total - len(bad), REASON_UNDECODABLE: len(bad)}}
-        accounting[name]["outcome"] = {k: v for k, v in accounting[name]["outcome"].items() if v}
+        outcome = {role: emb.n_total - len(bad)}
+        for failure in bad.values():
+            outcome[failure_kind(failure)] = outcome.get(failure_kind(failure), 0) + 1
+        accounting[name] = {"total": emb.n_total, "outcome": {k: v for k, v in outcome.items() if v}}
     check_accounting(accounting)
 
     # ------------------------------------------------------------------ outputs
@@ -433,7 +475,7 @@ def curate(
     lap("write")
 
     if clustering is not None:
-        # The whole decodable pool, assigned to the finest centroids, shows what dedup removed too.
+        # The whole embedded pool, assigned to the finest centroids, shows what dedup removed too.
         pool_ids = [assign_to_centroids(_aligned(semantic[POOL], valid).normalized(), clustering.levels[0].centroids,
                                         device=cfg.index.device, progress=cfg.progress,
                                         desc="report: pool cluster sizes")[0]]
@@ -449,7 +491,7 @@ def curate(
         report["clustering"] = {"n_clusters": [int(k) for k in ks],
                                 **{stage: [balance_summary(h) for h in hs] for stage, hs in hist.items()}}
         plot_cluster_sizes(hist, out / "cluster_sizes.png",
-                           title=f"cluster sizes: {valid.size} decodable -> {candidates.size} after dedup and "
+                           title=f"cluster sizes: {valid.size} embedded -> {candidates.size} after dedup and "
                                  f"decontamination -> {int(copies.sum())} curated")
     report.update({
         "thresholds": {"dedup": dedup_cfg.threshold if dedup_cfg.enabled else None,
@@ -589,7 +631,7 @@ def source_names(image_set: ImageSet, rows: np.ndarray, chunk: int = 65_536) -> 
 
 def _removal_log(pool_set: ImageSet, ledger: _PoolLedger, seed_sets: dict, eval_sets: dict, semantic: dict,
                  copy_emb: dict, *, chunk: int = 65_536, progress: bool = True):
-    """One row per removed pool item and per undecodable seed / eval image (``LOG_COLUMNS``).
+    """One row per removed pool item and per seed / eval image without an embedding (``LOG_COLUMNS``).
 
     Built as Arrow columns ``chunk`` rows at a time, so a log of millions of rows holds no per-row
     Python objects beyond one chunk.
@@ -617,14 +659,12 @@ def _removal_log(pool_set: ImageSet, ledger: _PoolLedger, seed_sets: dict, eval_
             "detail": pa.array(ledger.detail[part], pa.string()),
         }, schema=schema))
     for name in [*seed_sets, *eval_sets]:
-        failures = {f["row"]: f for f in semantic[name].failures}
-        failures.update({f["row"]: f for f in (copy_emb[name].failures if name in copy_emb else [])
-                         if f["row"] not in failures})
+        failures = _failures(name, semantic, copy_emb)
         if failures:
             fs = [failures[r] for r in sorted(failures)]
             tables.append(pa.table({
                 "set": [name] * len(fs), "index": [f["row"] for f in fs], "source": [f["source"] for f in fs],
-                "reason": [REASON_UNDECODABLE] * len(fs), "matched_set": [""] * len(fs), "matched_index": [-1] * len(fs),
+                "reason": [failure_kind(f) for f in fs], "matched_set": [""] * len(fs), "matched_index": [-1] * len(fs),
                 "similarity": [float("nan")] * len(fs), "detail": [f["reason"] for f in fs],
             }, schema=schema))
     table = pa.concat_tables(tables) if tables else schema.empty_table()

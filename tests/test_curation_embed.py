@@ -250,3 +250,57 @@ def test_input_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="pooling must be one of"):
         embed_images(load_image_set([str(tmp_path / "empty" / "a.txt")], "p"), _tiny_model(), tmp_path / "e",
                      pooling="max", progress=False)
+
+
+def test_a_changed_image_is_embedded_again_and_the_others_are_reused(tmp_path):
+    """Issue 21 item 4: a file whose content changed at the same path gets a new embedding on the next run."""
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    model = _tiny_model()
+    kwargs = dict(image_size=28, shard_size=3, storage_dtype="float32", precision="float32", progress=False)
+    first = embed_images(load_image_set(str(folder), "pool"), model, tmp_path / "emb", **kwargs)
+    first_x = first.embeddings.to_numpy()
+    shards = sorted((tmp_path / "emb" / "shards").glob("*.arrow"))
+    before = {p.name: p.stat().st_mtime_ns for p in shards}
+
+    # shards: rows 0-2 | 3-5 | 6; row 4 changes
+    Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(folder / "4.png")
+    image_set = load_image_set(str(folder), "pool")
+    second = embed_images(image_set, model, tmp_path / "emb", **kwargs)
+    ref = _reference(model, image_set, np.arange(7), Preprocessing.for_image_size(28))
+    assert not np.allclose(first_x[4], ref[4])  # (the image did change)
+    np.testing.assert_array_equal(second.rows, np.arange(7))
+    np.testing.assert_allclose(second.embeddings.to_numpy(), ref, atol=1e-5)  # every row matches today's file
+    after = {p.name: p.stat().st_mtime_ns for p in shards}
+    assert after["shard-00001.arrow"] != before["shard-00001.arrow"]
+    assert {k: v for k, v in after.items() if k != "shard-00001.arrow"} == {
+        k: v for k, v in before.items() if k != "shard-00001.arrow"}  # the unchanged shards were not rewritten
+    assert (first.shards_computed, first.embeddings_computed, first.embeddings_reused) == (3, 7, 0)
+    assert (second.shards_computed, second.embeddings_computed, second.embeddings_reused) == (1, 3, 4)
+    third = embed_images(image_set, model, tmp_path / "emb", **kwargs)
+    assert (third.shards_computed, third.embeddings_computed, third.embeddings_reused) == (0, 0, 7)
+
+
+def test_a_changed_file_whose_name_is_not_utf8_is_embedded_again(tmp_path):
+    """Its bytes are carried in the dataset; the list of files, not those bytes, names the input set."""
+    import os
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    odd = os.path.join(os.fsencode(folder), b"odd\xff.png")
+    for path in (folder / "a.png", folder / "b.png", odd):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(path, format="PNG")
+    kwargs = dict(shard_size=2, storage_dtype="float32", precision="float32", progress=False)
+    embed_images(load_image_set(str(folder), "pool"), "pixels:8", tmp_path / "emb", **kwargs)
+    new_pixels = rng.integers(0, 255, (8, 8), dtype=np.uint8)
+    Image.fromarray(new_pixels).save(odd, format="PNG")
+    res = embed_images(load_image_set(str(folder), "pool"), "pixels:8", tmp_path / "emb", **kwargs)
+    assert (res.shards_computed, res.embeddings_computed, res.embeddings_reused) == (1, 1, 2)
+    # the stored row is the thumbnail of the new pixels (up to the scale of the input normalisation)
+    expected = new_pixels.astype(np.float64).ravel() - new_pixels.mean()
+    stored = res.embeddings.to_numpy()[2].astype(np.float64)
+    assert stored @ expected / np.linalg.norm(stored) / np.linalg.norm(expected) > 0.9999

@@ -112,9 +112,11 @@ def test_cli_run_from_config_and_steps_alone(skewed, tmp_path, capsys):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["config"]["dedup"]["threshold"] == 0.999
     assert sum(report["accounting"]["pool"]["outcome"].values()) == 120
-    with pytest.raises(ValueError, match="unknown setting"):
-        cfg.write_text("dedupe: {threshold: 0.5}\n")
+    cfg.write_text("dedupe: {threshold: 0.5}\n")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
         main(["run", "--config", str(cfg)])
+    assert exit_info.value.code == 1 and "unknown setting 'dedupe'" in capsys.readouterr().err
 
     emb = tmp_path / "emb"
     main(["embed", "--input", str(skewed["pool"]), "--model", skewed["model"], "--output_dir", str(emb),
@@ -229,7 +231,7 @@ def test_label_column_survives_curation_in_every_configuration(skewed, tmp_path)
     for path in [p for p in pool_paths if p.name.startswith("blue_")][:4]:
         (folder / path.name).write_bytes(path.read_bytes())
     base = {"embedding": {"model": skewed["model"], "image_size": 28, "pooling": "mean"}, "dedup": {"enabled": False},
-            "clustering": {"n_clusters": [6, 2], "n_resampling_steps": 1}, "progress": False,
+            "clustering": {"n_clusters": [6, 2], "n_resampling_steps": 1}, "progress": False, "overwrite": True,
             "retrieval": {"min_seeds": 2, "per_cluster": 20, "n_neighbors": 3}}
     configs = {
         "no retrieval, balanced, seeds not included": ({"mode": "none"}, {"target_size": 30}, False),
@@ -237,7 +239,7 @@ def test_label_column_survives_curation_in_every_configuration(skewed, tmp_path)
         "cluster, seeds included": ({"mode": "cluster"}, {}, True),
         "both + balanced x2, seeds included": ({"mode": "both"}, {"target_size": 40, "multiplier": 2}, True),
     }
-    out = tmp_path / "out"  # shared: the embeddings are computed once and reused
+    out = tmp_path / "out"  # shared (overwrite): the embeddings are computed once and reused
     for what, (retrieval, sampling, include) in configs.items():
         cfg = {**base, "retrieval": {**base["retrieval"], **retrieval}, "sampling": sampling, "include_seeds": include}
         ds = curate(pool=pool, seeds={"greens": greens, "blues": str(folder)}, config=cfg, output_dir=str(out)).dataset
@@ -301,3 +303,49 @@ def test_sampling_config_checks_the_multiplier():
         CurationConfig(sampling={"multiplier": 0})
     with pytest.raises(ValueError, match=r"target_fraction must be in \(0, sampling.multiplier = 1\]"):
         CurationConfig(sampling={"target_fraction": 1.5})
+
+
+def test_a_file_name_that_is_not_utf8_and_a_blank_image_do_not_stop_the_run(tmp_path, capsys):
+    """Issue 21 item 3: such inputs end kept (the bad name) or logged with a reason (the blank image)."""
+    import os
+
+    import pandas as pd
+    from datasets import load_from_disk
+
+    from curation.cli import main
+
+    rng = np.random.default_rng(0)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(pool / f"{i:02d}.png")
+    odd_pixels = rng.integers(0, 255, (16, 16), dtype=np.uint8)
+    with open(os.path.join(os.fsencode(pool), b"odd\xff.png"), "wb") as f:  # not valid UTF-8
+        Image.fromarray(odd_pixels).save(f, format="PNG")
+    Image.fromarray(np.full((16, 16), 128, np.uint8)).save(pool / "blank.png")  # zero embedding under pixels:N
+    (pool / "gone.png").symlink_to(tmp_path / "deleted.png")  # a broken link: listed, then logged as undecodable
+    cfg = tmp_path / "curate.yaml"
+    cfg.write_text(f"pool: {pool}\noutput_dir: {tmp_path / 'out'}\nprogress: false\n"
+                   "embedding: {model: 'pixels:8'}\nclustering: {n_clusters: [3]}\n")
+    main(["run", "--config", str(cfg)])
+
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["accounting"]["pool"] == {"total": 13,
+                                            "outcome": {"kept": 11, "zero_embedding": 1, "undecodable": 1}}
+    assert report["removed_by_reason"] == {"zero_embedding": 1, "undecodable": 1}
+    assert report["counts"]["decodable"] == 12 and report["counts"]["embedded"] == 11
+    removal = pd.read_parquet(tmp_path / "out" / "removal_log.parquet").set_index("source")
+    assert removal.reason.to_dict() == {str(pool / "blank.png"): "zero_embedding",
+                                        str(pool / "gone.png"): "undecodable"}
+    assert removal.detail[str(pool / "blank.png")].startswith("blank image (zero embedding)")
+    assert "No such file" in removal.detail[str(pool / "gone.png")]
+    curated = load_from_disk(str(tmp_path / "out" / "dataset"))
+    names = [p.rsplit("/", 1)[-1] for p in curated["path"]]
+    assert "odd\\xff.png" in names  # shown with an escape; the pixels are the file's own
+    np.testing.assert_array_equal(np.array(curated[names.index("odd\\xff.png")]["image"].convert("L")), odd_pixels)
+
+    # the single embedding step counts the blank image, and lists the file with the odd name
+    capsys.readouterr()
+    main(["embed", "--input", str(pool), "--model", "pixels:8", "--output_dir", str(tmp_path / "emb")])
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["images"], summary["embedded"], summary["zero_embedding"], summary["undecodable"]) == (13, 11, 1, 1)

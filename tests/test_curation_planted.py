@@ -165,10 +165,10 @@ def test_accounting_with_corrupt_files(curated, planted):
 def test_sample_based_retrieval_returns_planted_neighbours(curated, planted, model):
     from curation.pipeline import curate
 
-    # Same output_dir: the pool and eval embeddings are reused from the shards on disk.
+    # Same output_dir (overwrite): the pool and eval embeddings are reused from the shards on disk.
     res = curate(pool=str(planted["pool"]), seeds={"seeds": str(planted["seeds"])},
                  config=_config(model, dedup={"enabled": False}, decontamination={"enabled": False},
-                                retrieval={"mode": "sample", "n_neighbors": 6}),
+                                retrieval={"mode": "sample", "n_neighbors": 6}, overwrite=True),
                  output_dir=str(planted["root"] / "out"))
     group = planted["group"]
     retrieved = {_name(p): (s, i) for p, s, i in zip(res.dataset["path"], res.dataset["retrieval_seed_set"],
