@@ -168,6 +168,9 @@ def curate(train, test, output_dir: Path, args, reuse: bool = False) -> object:
         "clustering": {"n_clusters": [n_fine, max(2, n_fine // 10)], "n_resampling_steps": 5},
         "sampling": {"target_fraction": args.curated_fraction},
         "seed": args.seed,
+        # the demo owns this folder (a new run has emptied it): a resumed run whose curation was interrupted while
+        # writing its results replaces them; embeddings made with these settings are still reused
+        "overwrite": True,
     }
     result = run_curation(pool=train, eval_sets={"test": test}, config=config, output_dir=str(output_dir))
     counts = result.report.get("accounting", {}).get("pool", result.report.get("accounting", {}))
