@@ -122,6 +122,16 @@ class ModelArguments:
     num_register_tokens: int = field(default=0, metadata={"help": "Register tokens (4 for the _reg4 models)."})
     drop_path_rate: float = field(default=0.3, metadata={"help": "Stochastic depth of the student (uniform)."})
     layerscale_value: float = field(default=1e-5, metadata={"help": "Initial LayerScale (1e-5 for pretraining)."})
+    packed_forward: bool = field(
+        default=True,
+        metadata={"help": "Run the student's global and local crops through the blocks as one packed token sequence "
+                  "(attention per crop), as the original; false: one forward per crop size. Same result."},
+    )
+    efficient_drop_path: bool = field(
+        default=True,
+        metadata={"help": "Stochastic depth above 0.1 computes each residual only on the kept crops (the original's "
+                  "efficient version); false: Bernoulli drop path on the whole batch."},
+    )
     dino_out_dim: int = field(default=65536, metadata={"help": "Prototypes K of the DINO head."})
     dino_hidden_dim: int = field(default=2048, metadata={"help": "Hidden width of the head MLPs."})
     dino_bottleneck_dim: int = field(default=256, metadata={"help": "L2-normalised bottleneck of the DINO head."})
@@ -287,7 +297,18 @@ def build_model(model_args: ModelArguments, data_args: DataArguments) -> Dinov2F
     model = _build_model(model_args, data_args)
     if model_args.attn_implementation != "sdpa":
         model.set_attn_implementation(model_args.attn_implementation)
+    set_efficiency_switches(model, model_args.packed_forward, model_args.efficient_drop_path)
     return model
+
+
+def set_efficiency_switches(model: Dinov2ForSelfDistillation, packed_forward: bool, efficient_drop_path: bool) -> None:
+    """Switches that change how, not what, the backbones compute (also for a loaded checkpoint's config)."""
+    for branch in (model.student, model.teacher):
+        backbone = branch.backbone
+        backbone.config.packed_forward = packed_forward
+        backbone.config.efficient_drop_path = efficient_drop_path
+        for layer in backbone.encoder.layer:
+            layer.efficient_drop_path = efficient_drop_path
 
 
 def check_checkpoint_path(option: str, path: str) -> None:

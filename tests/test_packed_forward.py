@@ -101,3 +101,20 @@ def test_packed_stochastic_depth_drops_whole_crops():
             per_crop = group.view(batch, length)
             assert (per_crop != 0).any(1).sum() == kept  # exactly `kept` whole crops get the residual
             torch.testing.assert_close(per_crop[per_crop.any(1)], torch.full((kept, length), 2 * batch / kept))
+
+
+def test_activation_checkpointing_gives_the_same_gradients_with_packing_and_drop_path():
+    """Per-block checkpointing recomputes the packed blocks in the backward, with the same subset drop path
+    (the RNG state is replayed), so the gradients are those of the plain run."""
+    model = _model(drop_path_rate=0.4).train()
+    crops = [torch.randn(4, 3, 28, 28), torch.randn(6, 3, 14, 14)]
+    gradients = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        torch.manual_seed(3)
+        _, grads = _outputs_and_gradients(model, crops, [None, None], packed=True)
+        gradients.append(grads)
+    assert model.encoder.layer[0].gradient_checkpointing
+    for name, grad in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], grad, rtol=1e-6, atol=1e-6, msg=name)

@@ -1,0 +1,203 @@
+"""What each of DINOv2's training-efficiency features buys at the recipe's crops, side by side (one run).
+
+    python benchmarks/bench_training_efficiency.py                          # ViT-S/14 and ViT-B/14, batch 8
+    python benchmarks/bench_training_efficiency.py --configs vits14 --steps 4 --json out.json
+
+The paper credits its "2x faster, 3x less memory than iBOT" to an efficient implementation. The features, each
+a switch of `dinov2-pretrain`:
+
+- packed forward: all crops of a step through the student in one packed sequence (`--packed_forward`);
+- memory-efficient attention: SDPA instead of eager attention (`--attn_implementation`);
+- efficient stochastic depth: the residual computed only on the kept crops (`--efficient_drop_path`), at the
+  recipe's drop path rate (0.3 for ViT-S/B);
+- bf16 autocast where the hardware computes it natively (`--bf16`);
+- activation checkpointing per block (`--gradient_checkpointing`): the memory-saving configuration.
+
+Rows: every feature on ("speed"), the same plus checkpointing ("memory"), one row per feature turned off, and
+all off (per-size forwards, eager attention, Bernoulli drop path, fp32, no checkpointing). Every row runs
+`Dinov2PretrainingTrainer` on the real data path (256-px photos cut from scikit-image's, the preset's per-image
+augmentation and collator, 2 x 224 + 8 x 98 crops) in its own process, so its peak RSS is its own.
+
+Columns: images/s (timed steps after the warm-up, data loading included), peak RSS and peak RSS minus the RSS
+after the imports (the run's own memory), and utilisation = model FLOPs of one step (forward and backward of
+the student, forward of the teacher; `torch.utils.flop_counter.FlopCounterMode`, no checkpoint recompute) per
+second / the GEMM peak of this machine in the row's precision, measured in this run (square matmuls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+CONFIGS = {
+    "vits14": dict(preset="vit_small", label="ViT-S/14", steps=3),
+    "vitb14": dict(preset="vit_base", label="ViT-B/14", steps=2),
+}
+FEATURES = ("packed", "sdpa", "efficient_drop_path", "bf16", "checkpointing")
+ROWS = {
+    "speed: all on": dict(checkpointing=False),
+    "memory: all on + checkpointing": dict(),
+    "- packed forward": dict(packed=False, checkpointing=False),
+    "- SDPA (eager attention)": dict(sdpa=False, checkpointing=False),
+    "- efficient drop path (Bernoulli)": dict(efficient_drop_path=False, checkpointing=False),
+    "- bf16 (fp32)": dict(bf16=False, checkpointing=False),
+    "all off": dict(packed=False, sdpa=False, efficient_drop_path=False, bf16=False, checkpointing=False),
+}
+
+
+def features_of(row: str, bf16_available: bool) -> dict[str, bool]:
+    features = {name: True for name in FEATURES}
+    features.update(ROWS[row])
+    features["bf16"] = features["bf16"] and bf16_available
+    return features
+
+
+def cli_arguments(features: dict[str, bool]) -> list[str]:
+    return ["--packed_forward", str(features["packed"]).lower(),
+            "--attn_implementation", "sdpa" if features["sdpa"] else "eager",
+            "--efficient_drop_path", str(features["efficient_drop_path"]).lower(),
+            "--bf16", str(features["bf16"]).lower(),
+            "--gradient_checkpointing", str(features["checkpointing"]).lower()]
+
+
+def gemm_peak(dtype_name: str, size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of the best of `repeats` (size x size) @ (size x size) products in `dtype_name`."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def run_row(config_name: str, features: dict[str, bool], steps: int, warmup: int, batch: int) -> dict:
+    """Inside the child process: train `warmup + steps` steps with these features; time, memory and FLOPs."""
+    sys.path.insert(0, REPO)
+    from modeling_dinov2.hardware import reuse_freed_memory
+
+    reuse_freed_memory()  # as dinov2-pretrain does
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import TrainerCallback
+
+    from bench_pretraining import _images, _rss_mb
+    from pretraining import cli
+    from pretraining.trainer import Dinov2PretrainingTrainer
+
+    config = CONFIGS[config_name]
+    argv = ["--preset", config["preset"], "--output_dir", "/tmp/bench_training_efficiency", "--overwrite_output_dir",
+            "true", "--max_steps", str(warmup + steps), "--save_strategy", "no", "--logging_steps", "1000",
+            "--disable_tqdm", "true", "--report_to", "none", "--warmup_steps", "1", "--train_dir", REPO,
+            "--per_device_train_batch_size", str(batch), *cli_arguments(features)]
+    _, model_args, data_args, training_args = cli.parse_args(argv)
+    rss_after_imports = _rss_mb()
+    torch.manual_seed(0)
+    model = cli.build_model(model_args, data_args)
+    images, data_name = _images(config_name if config_name == "tiny" else "vits14", batch * (warmup + steps))
+    dataset, collator = cli.build_data(data_args, model.config.backbone_config.patch_size, training_args.seed,
+                                       images=images)
+    step_ends = []
+
+    class Timer(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            step_ends.append(time.perf_counter())
+
+    trainer = Dinov2PretrainingTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator,
+                                       callbacks=[Timer()])
+    trainer.train()
+    seconds = (step_ends[-1] - step_ends[warmup - 1]) / steps
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    # model FLOPs of one step, without checkpoint recompute
+    model.activation_checkpointing_disable()
+    inputs = collator([dataset[i] for i in range(batch)])
+    inputs = {k: v for k, v in inputs.items() if k not in ("skipped_images", "upperbound", "n_masked_patches")}
+    counter = FlopCounterMode(display=False)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=features["bf16"])
+    with counter:
+        with autocast:
+            loss = model(**inputs, teacher_temp=0.04).loss
+        loss.backward()
+    return {"config": config_name, "label": config["label"], "features": features, "batch": batch,
+            "crops": f"2x{data_args.global_crops_size} + {data_args.local_crops_number}x{data_args.local_crops_size}",
+            "data": data_name, "seconds_per_step": seconds, "images_per_second": batch / seconds,
+            "peak_rss_mb": peak_rss, "rss_after_imports_mb": rss_after_imports, "flops_per_step": counter.get_total_flops()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--batch", type=int, default=8, help="images per step (the global batch: one process)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 ViT-S, 2 ViT-B)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed first steps")
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        config_name, features = json.loads(args.child)
+        print("RESULT " + json.dumps(run_row(config_name, features, args.steps, args.warmup, args.batch)))
+        return
+
+    sys.path.insert(0, REPO)
+    from modeling_dinov2.hardware import bf16_is_native
+
+    bf16_available = bf16_is_native()
+    load_start = os.getloadavg()[0]
+    peaks = {name: gemm_peak(name) for name in ("fp32", "bf16")}
+    results = []
+    for config_name in args.configs:
+        steps = args.steps or CONFIGS[config_name]["steps"]
+        for row in args.rows:
+            features = features_of(row, bf16_available)
+            print(f"running {config_name}: {row} ({steps} timed steps)...", file=sys.stderr, flush=True)
+            command = [sys.executable, __file__, "--child", json.dumps([config_name, features]), "--steps", str(steps),
+                       "--warmup", str(args.warmup), "--batch", str(args.batch)]
+            output = subprocess.run(command, capture_output=True, text=True)
+            if output.returncode != 0:
+                raise SystemExit(f"{config_name} {row} failed:\n{output.stderr[-3000:]}")
+            result = json.loads(output.stdout.split("RESULT ", 1)[1])
+            result["row"] = row
+            results.append(result)
+    for name in peaks:  # the best of before and after the runs
+        peaks[name] = max(peaks[name], gemm_peak(name))
+
+    print(f"\nDINOv2 training efficiency on this CPU ({os.cpu_count()} cores; load average {load_start:.1f} at the "
+          f"start, {os.getloadavg()[0]:.1f} at the end; GEMM peak fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s, bf16 "
+          f"{peaks['bf16'] / 1e12:.2f} TFLOP/s{'' if bf16_available else ' (emulated: bf16 rows run in fp32)'})\n")
+    print("| model | row | packed | SDPA | eff. drop path | bf16 | checkpointing | s/step | images/s | vs all off "
+          "| peak RSS (MB) | vs all off | peak - imports (MB) | GFLOP/step | utilisation |")
+    print("|" + "---|" * 15)
+    for r in results:
+        off = next(x for x in results if x["config"] == r["config"] and x["row"] == "all off") \
+            if any(x["config"] == r["config"] and x["row"] == "all off" for x in results) else None
+        f = r["features"]
+        peak = peaks["bf16" if f["bf16"] else "fp32"]
+        utilisation = r["flops_per_step"] / r["seconds_per_step"] / peak
+        marks = " | ".join("on" if f[name] else "off" for name in FEATURES)
+        speed = f"{r['images_per_second'] / off['images_per_second']:.2f}x" if off else "-"
+        memory = f"{r['peak_rss_mb'] / off['peak_rss_mb']:.2f}" if off else "-"
+        print(f"| {r['label']} | {r['row']} | {marks} | {r['seconds_per_step']:.2f} | {r['images_per_second']:.2f} | "
+              f"{speed} | {r['peak_rss_mb']:.0f} | {memory} | {r['peak_rss_mb'] - r['rss_after_imports_mb']:.0f} | "
+              f"{r['flops_per_step'] / 1e9:.0f} | {100 * utilisation:.0f}% |")
+    print(f"\ncrops {results[0]['crops']}, batch {results[0]['batch']}, data: {results[0]['data']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"gemm_peak_flops": peaks, "runs": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
