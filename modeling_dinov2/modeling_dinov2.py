@@ -382,7 +382,7 @@ def add_residual_on_subset(
         batch_size = hidden_states.shape[0]
         keep = max(int(batch_size * (1.0 - drop_prob)), 1)
         kept = torch.randperm(batch_size, device=hidden_states.device)[:keep]
-        residual = residual_fn(hidden_states[kept])
+        residual = residual_fn(hidden_states.index_select(0, kept))  # backward: index_add, not index_put
         out = torch.index_add(
             hidden_states.flatten(1), 0, kept, residual.to(hidden_states.dtype).flatten(1), alpha=batch_size / keep
         )
@@ -398,7 +398,8 @@ def add_residual_on_subset(
         kept_sizes.append(keep)
         start += batch_size * length
     token_index = torch.cat(token_index)
-    residual = residual_fn(hidden_states[token_index], layout=PackedLayout(tuple(kept_sizes), layout.lengths))
+    kept_tokens = hidden_states.index_select(0, token_index)  # backward: index_add, not a serial index_put
+    residual = residual_fn(kept_tokens, layout=PackedLayout(tuple(kept_sizes), layout.lengths))
     residual = residual.to(hidden_states.dtype) * torch.cat(scales).to(hidden_states.dtype)
     return torch.index_add(hidden_states, 0, token_index, residual)
 

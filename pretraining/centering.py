@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .losses.dino import row_chunks
+
 
 def _is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -58,7 +60,9 @@ class SoftmaxCentering(nn.Module):
     def forward(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """``(n, K)`` logits -> ``(n, K)`` probabilities (fp32). Does not change the center."""
         self._check(teacher_logits)
-        return torch.softmax((teacher_logits.float() - self.center) / teacher_temp, dim=-1)
+        logits = teacher_logits.reshape(-1, self.center.shape[-1])  # (..., K) -> (n, K)
+        probs = [torch.softmax((chunk.float() - self.center) / teacher_temp, dim=-1) for (chunk,) in row_chunks(logits)]
+        return torch.cat(probs).view(teacher_logits.shape)
 
     @torch.no_grad()
     def update(self, teacher_logits: torch.Tensor) -> None:

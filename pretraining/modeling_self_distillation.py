@@ -239,7 +239,7 @@ class Dinov2ForSelfDistillation(PreTrainedModel):
         center of steps <= t-1 (the original's lazy update).
         """
         output = self.teacher.backbone(global_crops)
-        patches = output.patch_tokens.flatten(0, 1)[mask_indices]  # (2B, N, D) -> (M, D)
+        patches = output.patch_tokens.flatten(0, 1).index_select(0, mask_indices)  # (2B, N, D) -> (M, D)
         dino_logits, ibot_logits = self._heads(self.teacher, output.pooler_output, patches)
         dino_targets = self.dino_centering(dino_logits, teacher_temp)
         ibot_targets = self.ibot_centering(ibot_logits, teacher_temp)
@@ -301,7 +301,7 @@ class Dinov2ForSelfDistillation(PreTrainedModel):
         outputs = self.student.backbone(crops, bool_masked_pos=[student_masks] + [None] * (len(crops) - 1))
         global_cls = outputs[0].pooler_output  # (2B, D)
         local_cls = outputs[1].pooler_output if local_crops is not None else global_cls[:0]  # (L*B, D)
-        patches = outputs[0].patch_tokens.flatten(0, 1)[mask_indices]  # (2B, N, D) -> (M, D)
+        patches = outputs[0].patch_tokens.flatten(0, 1).index_select(0, mask_indices)  # (2B, N, D) -> (M, D)
         cls_logits, patch_logits = self._heads(self.student, torch.cat([global_cls, local_cls]), patches)
         n_global = global_cls.shape[0]
 

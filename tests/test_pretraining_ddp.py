@@ -62,13 +62,19 @@ def test_two_ranks_match_one_rank_with_twice_the_batch(tmp_path, variant):
         assert len(expected) == len(got) == 4
         assert got == pytest.approx(expected, rel=1e-5, abs=1e-6), name
 
+    # The attention key bias gets no gradient (softmax is invariant to it): its gradient is rounding noise, which
+    # differs between the layouts, and AdamW's normalisation turns that noise into steps of up to lr (5e-3). It
+    # is compared to that bound; every other weight to float rounding.
+    def tolerance(key, rtol, atol):
+        return dict(rtol=0, atol=4 * 5e-3) if key.endswith("key.bias") else dict(rtol=rtol, atol=atol)
+
     for key, value in single["teacher"].items():
         assert torch.equal(rank0["teacher"][key], rank1["teacher"][key]), key  # identical on both ranks
-        torch.testing.assert_close(rank0["teacher"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(rank0["teacher"][key], value, msg=key, **tolerance(key, 1e-5, 1e-6))
     for key, value in single["student"].items():
-        # AdamW divides by sqrt(v): parameters with (near-)zero gradients, like the attention key bias (softmax
-        # is invariant to it), turn last-bit differences of the gradient sum into ~1e-5 weight differences
-        torch.testing.assert_close(rank0["student"][key], value, rtol=1e-4, atol=5e-5, msg=key)
+        # AdamW divides by sqrt(v): parameters with small gradients turn last-bit differences of the gradient
+        # sum into ~1e-5 weight differences
+        torch.testing.assert_close(rank0["student"][key], value, msg=key, **tolerance(key, 1e-4, 5e-5))
         assert torch.equal(rank0["student"][key], rank1["student"][key]), key
     for center in ("dino_center", "ibot_center"):
         if single[center] is not None:  # Sinkhorn-Knopp has no center
