@@ -11,10 +11,13 @@ a switch of `dinov2-pretrain`:
 - efficient stochastic depth: the residual computed only on the kept crops (`--efficient_drop_path`), at the
   recipe's drop path rate (0.3 for ViT-S/B);
 - bf16 autocast where the hardware computes it natively (`--bf16`);
-- activation checkpointing per block (`--gradient_checkpointing`): the memory-saving configuration.
+- activation checkpointing per block (`--gradient_checkpointing`): the memory-saving configuration;
+- `torch.compile` of the whole model (`--torch_compile`), which fuses the many small ops around the GEMMs.
 
-Rows: every feature on ("speed"), the same plus checkpointing ("memory"), one row per feature turned off, and
-all off (per-size forwards, eager attention, Bernoulli drop path, fp32, no checkpointing). Every row runs
+Rows: every feature of the paper on ("all on"), one row per feature turned off, "all on" plus checkpointing
+(memory), plus compile, plus compile with eager attention (on a CPU without AMX, SDPA's flash kernel in bf16
+is slower than eager attention's two GEMMs), and all off (per-size forwards, eager attention, Bernoulli drop
+path, fp32, no checkpointing, no compile). Every row runs
 `Dinov2PretrainingTrainer` on the real data path (256-px photos cut from scikit-image's, the preset's per-image
 augmentation and collator, 2 x 224 + 8 x 98 crops) in its own process, so its peak RSS is its own.
 
@@ -41,20 +44,22 @@ CONFIGS = {
     "vits14": dict(preset="vit_small", label="ViT-S/14", steps=3),
     "vitb14": dict(preset="vit_base", label="ViT-B/14", steps=2),
 }
-FEATURES = ("packed", "sdpa", "efficient_drop_path", "bf16", "checkpointing")
-ROWS = {
-    "speed: all on": dict(checkpointing=False),
-    "memory: all on + checkpointing": dict(),
-    "- packed forward": dict(packed=False, checkpointing=False),
-    "- SDPA (eager attention)": dict(sdpa=False, checkpointing=False),
-    "- efficient drop path (Bernoulli)": dict(efficient_drop_path=False, checkpointing=False),
-    "- bf16 (fp32)": dict(bf16=False, checkpointing=False),
-    "all off": dict(packed=False, sdpa=False, efficient_drop_path=False, bf16=False, checkpointing=False),
+FEATURES = ("packed", "sdpa", "efficient_drop_path", "bf16", "checkpointing", "compile")
+ROWS = {  # changes from "all on" (every feature of the paper on; no checkpointing, no compile)
+    "all on": dict(),
+    "- packed forward": dict(packed=False),
+    "- SDPA (eager attention)": dict(sdpa=False),
+    "- efficient drop path (Bernoulli)": dict(efficient_drop_path=False),
+    "- bf16 (fp32)": dict(bf16=False),
+    "+ checkpointing (memory)": dict(checkpointing=True),
+    "+ torch.compile": dict(compile=True),
+    "+ torch.compile, eager attention (speed)": dict(compile=True, sdpa=False),
+    "all off": dict(packed=False, sdpa=False, efficient_drop_path=False, bf16=False),
 }
 
 
 def features_of(row: str, bf16_available: bool) -> dict[str, bool]:
-    features = {name: True for name in FEATURES}
+    features = {name: name not in ("checkpointing", "compile") for name in FEATURES}
     features.update(ROWS[row])
     features["bf16"] = features["bf16"] and bf16_available
     return features
@@ -65,7 +70,8 @@ def cli_arguments(features: dict[str, bool]) -> list[str]:
             "--attn_implementation", "sdpa" if features["sdpa"] else "eager",
             "--efficient_drop_path", str(features["efficient_drop_path"]).lower(),
             "--bf16", str(features["bf16"]).lower(),
-            "--gradient_checkpointing", str(features["checkpointing"]).lower()]
+            "--gradient_checkpointing", str(features["checkpointing"]).lower(),
+            "--torch_compile", str(features["compile"]).lower()]
 
 
 def gemm_peak(dtype_name: str, size: int = 2048, repeats: int = 10) -> float:
@@ -143,7 +149,9 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--batch", type=int, default=8, help="images per step (the global batch: one process)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 ViT-S, 2 ViT-B)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed first steps")
+    parser.add_argument("--warmup", type=int, default=3,
+                        help="untimed first steps (torch.compile compiles twice: once more when the number of masked "
+                        "patches first changes)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -178,9 +186,9 @@ def main() -> None:
     print(f"\nDINOv2 training efficiency on this CPU ({os.cpu_count()} cores; load average {load_start:.1f} at the "
           f"start, {os.getloadavg()[0]:.1f} at the end; GEMM peak fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s, bf16 "
           f"{peaks['bf16'] / 1e12:.2f} TFLOP/s{'' if bf16_available else ' (emulated: bf16 rows run in fp32)'})\n")
-    print("| model | row | packed | SDPA | eff. drop path | bf16 | checkpointing | s/step | images/s | vs all off "
+    print("| model | row | packed | SDPA | eff. drop path | bf16 | checkpointing | compile | s/step | images/s | vs all off "
           "| peak RSS (MB) | vs all off | peak - imports (MB) | GFLOP/step | utilisation |")
-    print("|" + "---|" * 15)
+    print("|" + "---|" * 16)
     for r in results:
         off = next(x for x in results if x["config"] == r["config"] and x["row"] == "all off") \
             if any(x["config"] == r["config"] and x["row"] == "all off" for x in results) else None

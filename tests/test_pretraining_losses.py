@@ -279,6 +279,26 @@ def test_ibot_hand_value():
     assert loss.item() == pytest.approx(math.log(2) / 2)
 
 
+@pytest.mark.parametrize("rows, prototypes", [(5, 7), (70, 40_000)], ids=["one chunk", "several chunks"])
+def test_soft_cross_entropy_and_its_gradient_match_log_softmax_in_float64(rows, prototypes):
+    """The chunked autograd function (saves no (n, K) log-probabilities) against plain autograd through
+    log_softmax in float64, with targets whose rows do not sum to 1 and a weighted sum of the rows."""
+    from pretraining.losses import soft_cross_entropy  # 70 x 40,000: chunks of 26 rows (CHUNK_ELEMENTS = 2^20)
+    generator = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(rows, prototypes, generator=generator)
+    targets = torch.softmax(torch.randn(rows, prototypes, generator=generator) / 0.04, dim=-1)
+    targets[0] *= 0.5  # a partial target row: the formula must not assume sum(t) = 1
+    weights = torch.randn(rows, generator=generator)
+    reference_logits = logits.double().requires_grad_()
+    reference = -(targets.double() * torch.log_softmax(reference_logits / 0.1, dim=-1)).sum(-1)
+    (reference * weights.double()).sum().backward()
+    ours_logits = logits.clone().requires_grad_()
+    ours = soft_cross_entropy(targets, ours_logits, 0.1)
+    (ours * weights).sum().backward()
+    torch.testing.assert_close(ours.double(), reference, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(ours_logits.grad.double(), reference_logits.grad, rtol=1e-5, atol=1e-7)
+
+
 def test_ibot_bad_shapes():
     masks = torch.tensor([[True, False], [True, True]])
     with pytest.raises(ValueError, match="one row per masked patch"):

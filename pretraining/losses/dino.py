@@ -23,14 +23,43 @@ def row_chunks(*tensors: torch.Tensor) -> zip:
     return zip(*(tensor.split(rows) for tensor in tensors))
 
 
+class _SoftCrossEntropy(torch.autograd.Function):
+    """Row-wise ``CE(t, s) = -<t, log_softmax(s / tau)>`` that saves only its inputs and recomputes the softmax
+    in the backward, ``dCE/ds = (softmax(s / tau) * sum(t) - t) / tau``, both in row chunks: autograd through
+    log_softmax would keep an fp32 (n, K) copy of the log-probabilities (160 MB for 600 masked patches x 65536
+    prototypes) alive until the backward."""
+
+    @staticmethod
+    def forward(ctx, teacher_probs: torch.Tensor, student_logits: torch.Tensor, student_temp: float) -> torch.Tensor:
+        ce = [
+            -torch.log_softmax(student.to(torch.float32, copy=True).div_(student_temp), dim=-1).mul_(teacher).sum(-1)
+            for teacher, student in row_chunks(teacher_probs, student_logits)
+        ]
+        ctx.save_for_backward(teacher_probs, student_logits)
+        ctx.student_temp = student_temp
+        return torch.cat(ce)
+
+    @staticmethod
+    def backward(ctx, grad_ce: torch.Tensor):
+        teacher_probs, student_logits = ctx.saved_tensors
+        temp = ctx.student_temp
+        grads = []
+        for teacher, student, grad in row_chunks(teacher_probs, student_logits, grad_ce):
+            probs = torch.softmax(student.to(torch.float32, copy=True).div_(temp), dim=-1)
+            grad_student = probs.mul_(teacher.sum(-1, keepdim=True)).sub_(teacher).mul_((grad / temp).unsqueeze(-1))
+            grads.append(grad_student.to(student_logits.dtype))
+        return None, torch.cat(grads), None
+
+
 def soft_cross_entropy(
     teacher_probs: torch.Tensor, student_logits: torch.Tensor, student_temp: float
 ) -> torch.Tensor:
-    """``CE(t, s) = -sum_k t_k * log_softmax(s / tau_s)_k`` over the last dimension, in fp32 (in row chunks,
-    see `CHUNK_ELEMENTS`).
+    """``CE(t, s) = -sum_k t_k * log_softmax(s / tau_s)_k`` over the last dimension, in fp32, in row chunks
+    (see `CHUNK_ELEMENTS`), keeping no (n, K) intermediate for the backward. No gradient flows into the
+    targets `t`.
 
     Args:
-        teacher_probs: ``(..., K)`` target probabilities (no gradient needed).
+        teacher_probs: ``(..., K)`` target probabilities (no gradient).
         student_logits: ``(..., K)`` student logits.
         student_temp: Student temperature ``tau_s``.
 
@@ -38,11 +67,9 @@ def soft_cross_entropy(
         ``(...)`` cross-entropy per row.
     """
     n_prototypes = student_logits.shape[-1]
-    ce = [
-        -(teacher.float() * torch.log_softmax(student.float() / student_temp, dim=-1)).sum(dim=-1)
-        for teacher, student in row_chunks(teacher_probs.reshape(-1, n_prototypes), student_logits.reshape(-1, n_prototypes))
-    ]
-    return torch.cat(ce).view(student_logits.shape[:-1])  # (n,) -> (...)
+    ce = _SoftCrossEntropy.apply(teacher_probs.detach().float().reshape(-1, n_prototypes),
+                                 student_logits.reshape(-1, n_prototypes), student_temp)
+    return ce.view(student_logits.shape[:-1])  # (n,) -> (...)
 
 
 def dino_crossed_pairs(n_global_crops: int = 2, n_local_crops: int = 8) -> list[tuple[int, int]]:
