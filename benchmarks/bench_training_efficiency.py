@@ -1,6 +1,6 @@
 """What each of DINOv2's training-efficiency features buys at the recipe's crops, side by side (one run).
 
-    python benchmarks/bench_training_efficiency.py                          # ViT-S/14 and ViT-B/14, batch 8
+    python benchmarks/bench_training_efficiency.py                    # ViT-S/14 and ViT-B/14 (batch 8), tiny preset
     python benchmarks/bench_training_efficiency.py --configs vits14 --steps 4 --json out.json
 
 The paper credits its "2x faster, 3x less memory than iBOT" to an efficient implementation. The features, each
@@ -40,9 +40,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-CONFIGS = {
-    "vits14": dict(preset="vit_small", label="ViT-S/14", steps=3),
-    "vitb14": dict(preset="vit_base", label="ViT-B/14", steps=2),
+CONFIGS = {  # batch None: the preset's
+    "vits14": dict(preset="vit_small", label="ViT-S/14", steps=3, batch=8),
+    "vitb14": dict(preset="vit_base", label="ViT-B/14", steps=2, batch=8),
+    "tiny": dict(preset="tiny", label="tiny preset", steps=30, batch=None),
 }
 FEATURES = ("packed", "sdpa", "efficient_drop_path", "bf16", "checkpointing", "compile")
 ROWS = {  # changes from "all on" (every feature of the paper on; no checkpointing, no compile)
@@ -107,12 +108,16 @@ def run_row(config_name: str, features: dict[str, bool], steps: int, warmup: int
     argv = ["--preset", config["preset"], "--output_dir", "/tmp/bench_training_efficiency", "--overwrite_output_dir",
             "true", "--max_steps", str(warmup + steps), "--save_strategy", "no", "--logging_steps", "1000",
             "--disable_tqdm", "true", "--report_to", "none", "--warmup_steps", "1", "--train_dir", REPO,
-            "--per_device_train_batch_size", str(batch), *cli_arguments(features)]
+            *cli_arguments(features)]
+    if batch:
+        argv += ["--per_device_train_batch_size", str(batch)]
     _, model_args, data_args, training_args = cli.parse_args(argv)
+    batch = training_args.per_device_train_batch_size
     rss_after_imports = _rss_mb()
     torch.manual_seed(0)
     model = cli.build_model(model_args, data_args)
-    images, data_name = _images(config_name if config_name == "tiny" else "vits14", batch * (warmup + steps))
+    # Fashion-MNIST for the tiny preset, 256-px photos for the ViTs (bench_pretraining's names)
+    images, data_name = _images("tiny" if config_name == "tiny" else "vits14", batch * (warmup + steps))
     dataset, collator = cli.build_data(data_args, model.config.backbone_config.patch_size, training_args.seed,
                                        images=images)
     step_ends = []
@@ -147,7 +152,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--batch", type=int, default=8, help="images per step (the global batch: one process)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="images per step (the global batch: one process); default 8 for ViT-S/B, the tiny preset's")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 ViT-S, 2 ViT-B)")
     parser.add_argument("--warmup", type=int, default=3,
                         help="untimed first steps (torch.compile compiles twice: once more when the number of masked "
@@ -173,7 +179,10 @@ def main() -> None:
             features = features_of(row, bf16_available)
             print(f"running {config_name}: {row} ({steps} timed steps)...", file=sys.stderr, flush=True)
             command = [sys.executable, __file__, "--child", json.dumps([config_name, features]), "--steps", str(steps),
-                       "--warmup", str(args.warmup), "--batch", str(args.batch)]
+                       "--warmup", str(args.warmup)]
+            batch = args.batch or CONFIGS[config_name]["batch"]
+            if batch:
+                command += ["--batch", str(batch)]
             output = subprocess.run(command, capture_output=True, text=True)
             if output.returncode != 0:
                 raise SystemExit(f"{config_name} {row} failed:\n{output.stderr[-3000:]}")
@@ -201,7 +210,9 @@ def main() -> None:
         print(f"| {r['label']} | {r['row']} | {marks} | {r['seconds_per_step']:.2f} | {r['images_per_second']:.2f} | "
               f"{speed} | {r['peak_rss_mb']:.0f} | {memory} | {r['peak_rss_mb'] - r['rss_after_imports_mb']:.0f} | "
               f"{r['flops_per_step'] / 1e9:.0f} | {100 * utilisation:.0f}% |")
-    print(f"\ncrops {results[0]['crops']}, batch {results[0]['batch']}, data: {results[0]['data']}")
+    for name in dict.fromkeys(r["config"] for r in results):
+        r = next(x for x in results if x["config"] == name)
+        print(f"{r['label']}: crops {r['crops']}, batch {r['batch']}, data: {r['data']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"gemm_peak_flops": peaks, "runs": results}, f, indent=2)
