@@ -77,9 +77,10 @@ class Dinov2Config(PretrainedConfig):
             setting); `False` ramps it linearly from 0 to `drop_path_rate`.
         efficient_drop_path (`bool`, defaults to `True`): for rates above 0.1, compute each residual only on
             the kept subset of the batch and rescale by B/kept, as the original's training does.
-        packed_forward (`bool`, defaults to `True`): a list of crop batches of different sizes runs through the
+        packed_forward (`bool`, defaults to `False`): a list of crop batches of different sizes runs through the
             blocks as one packed token sequence (one call per token-wise op, attention per crop), as the
-            original's training; `False` runs one forward per batch. Same outputs either way.
+            original's training does on GPUs; `False` runs one forward per batch, which measured faster on CPU
+            (`benchmarks/bench_model_step_ab.py`). Same outputs either way.
         qkv_bias (`bool`, defaults to `True`): bias in the query/key/value projections.
         layer_norm_eps (`float`, defaults to 1e-6): LayerNorm epsilon.
         interpolate_offset (`float`, defaults to 0.1): position-table interpolation. A non-zero value uses the
@@ -117,7 +118,7 @@ class Dinov2Config(PretrainedConfig):
         drop_path_rate: float = 0.0,
         drop_path_uniform: bool = True,
         efficient_drop_path: bool = True,
-        packed_forward: bool = True,
+        packed_forward: bool = False,
         qkv_bias: bool = True,
         layer_norm_eps: float = 1e-6,
         interpolate_offset: float = 0.1,

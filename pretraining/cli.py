@@ -123,9 +123,10 @@ class ModelArguments:
     drop_path_rate: float = field(default=0.3, metadata={"help": "Stochastic depth of the student (uniform)."})
     layerscale_value: float = field(default=1e-5, metadata={"help": "Initial LayerScale (1e-5 for pretraining)."})
     packed_forward: bool = field(
-        default=True,
+        default=False,
         metadata={"help": "Run the student's global and local crops through the blocks as one packed token sequence "
-                  "(attention per crop), as the original; false: one forward per crop size. Same result."},
+                  "(attention per crop), as the original does on GPUs; false (faster on CPU): one forward per crop "
+                  "size. Same result."},
     )
     efficient_drop_path: bool = field(
         default=True,
