@@ -200,8 +200,7 @@ def main() -> None:
           "| peak RSS (MB) | vs all off | peak - imports (MB) | GFLOP/step | utilisation |")
     print("|" + "---|" * 16)
     for r in results:
-        off = next(x for x in results if x["config"] == r["config"] and x["row"] == "all off") \
-            if any(x["config"] == r["config"] and x["row"] == "all off" for x in results) else None
+        off = next((x for x in results if x["config"] == r["config"] and x["row"] == "all off"), None)
         f = r["features"]
         peak = peaks["bf16" if f["bf16"] else "fp32"]
         utilisation = r["flops_per_step"] / r["seconds_per_step"] / peak
