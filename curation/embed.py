@@ -586,10 +586,12 @@ def embed_images(
         settings.dim = int(dim)
         meta_file.write_text(json.dumps(asdict(settings), indent=2))
     result = load_embeddings(directory)
-    if result.failures:
-        first = result.failures[0]
-        logger.warning("%s: %d of %d images cannot be decoded and are skipped (e.g. %s: %s)", image_set.name,
-                       len(result.failures), n, first["source"], first["reason"])
+    for what, kinds in (("cannot be decoded", (UNDECODABLE,)),
+                        ("have an embedding without a direction", (ZERO_EMBEDDING, NON_FINITE_EMBEDDING))):
+        failures = [f for f in result.failures if failure_kind(f) in kinds]
+        if failures:
+            logger.warning("%s: %d of %d images %s and are skipped (e.g. %s: %s)", image_set.name, len(failures), n,
+                           what, failures[0]["source"], failures[0]["reason"])
     computed = int(np.isin(result.rows // shard_size, todo).sum())
     reused = int(result.rows.size) - computed
     logger.info("%s: %d embeddings computed, %d reused from earlier shards", directory, computed, reused)

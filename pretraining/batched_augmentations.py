@@ -104,18 +104,6 @@ def crop_boxes(
     return torch.stack([top, left, h, w], dim=1)
 
 
-def sample_crop_boxes(
-    n: int,
-    height: int,
-    width: int,
-    scale: tuple[float, float],
-    ratio: tuple[float, float] = CROP_RATIO,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """``n`` random resized crop boxes drawn from ``generator`` (see :func:`crop_boxes`)."""
-    return crop_boxes(torch.rand(n, 2 * CROP_ATTEMPTS + 2, generator=generator), height, width, scale, ratio)
-
-
 def resized_crops(images: torch.Tensor, source: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     """Crop ``boxes`` (``(n, 4)`` top, left, h, w) of ``images[source]`` and resize them to ``size`` x ``size``
     (bilinear, :func:`torchvision.ops.roi_align` with aligned pixel boxes). ``images``: float ``(B, C, H, W)``."""

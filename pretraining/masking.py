@@ -165,11 +165,7 @@ def sample_masks(
     Returns:
         A :class:`MaskBatch`.
     """
-    r_min, r_max = mask_ratio_min_max
-    if not 0.0 <= r_min <= r_max <= 1.0:
-        raise ValueError(f"`mask_ratio_min_max` must satisfy 0 <= min <= max <= 1, got {mask_ratio_min_max}.")
-    if not 0.0 <= mask_probability <= 1.0:
-        raise ValueError(f"`mask_probability` must be in [0, 1], got {mask_probability}.")
+    r_min, r_max = _checked_mask_settings(mask_ratio_min_max, mask_probability)
     if n_images < 0:
         raise ValueError(f"`n_images` must be >= 0, got {n_images}.")
 
@@ -207,11 +203,7 @@ def sample_masks_per_sample(
     Returns:
         A :class:`MaskBatch` in crop-major order (crop c of sample i at row ``c * len(generators) + i``).
     """
-    r_min, r_max = mask_ratio_min_max
-    if not 0.0 <= r_min <= r_max <= 1.0:
-        raise ValueError(f"`mask_ratio_min_max` must satisfy 0 <= min <= max <= 1, got {mask_ratio_min_max}.")
-    if not 0.0 <= mask_probability <= 1.0:
-        raise ValueError(f"`mask_probability` must be in [0, 1], got {mask_probability}.")
+    r_min, r_max = _checked_mask_settings(mask_ratio_min_max, mask_probability)
     n_samples, n_tokens = len(generators), mask_generator.num_patches
     stacked = np.zeros((crops_per_sample, n_samples, mask_generator.height, mask_generator.width), dtype=bool)
     for i, generator in enumerate(generators):
@@ -222,6 +214,16 @@ def sample_masks_per_sample(
                 mask_generator.fill(stacked[crop, i], int(n_tokens * (r_min + (r_max - r_min) * u)), rng)
     upperbound = crops_per_sample * n_samples * int(n_tokens * r_max)
     return _mask_batch(torch.from_numpy(stacked).flatten(0, 1).flatten(1), upperbound)  # (crops * B, N)
+
+
+def _checked_mask_settings(mask_ratio_min_max: tuple[float, float], mask_probability: float) -> tuple[float, float]:
+    """``(r_min, r_max)``, after a `ValueError` for ratios or a probability outside [0, 1]."""
+    r_min, r_max = mask_ratio_min_max
+    if not 0.0 <= r_min <= r_max <= 1.0:
+        raise ValueError(f"`mask_ratio_min_max` must satisfy 0 <= min <= max <= 1, got {mask_ratio_min_max}.")
+    if not 0.0 <= mask_probability <= 1.0:
+        raise ValueError(f"`mask_probability` must be in [0, 1], got {mask_probability}.")
+    return r_min, r_max
 
 
 def _mask_batch(masks: torch.Tensor, upperbound: int) -> MaskBatch:

@@ -21,7 +21,8 @@ from pretraining.batched_augmentations import (
     gaussian_blur,
     grayscale,
     resized_crops,
-    sample_crop_boxes,
+    CROP_ATTEMPTS,
+    crop_boxes,
     solarize,
     to_uint8_image,
 )
@@ -91,9 +92,14 @@ def test_resized_crops_are_exact_for_unscaled_boxes_and_interpolate_otherwise():
     assert 3.5 <= up.min() and up.max() <= 13.5  # half-pixel sampling of the box [4, 14)
 
 
+def _crop_uniforms(n: int) -> torch.Tensor:
+    """The (n, 2 * attempts + 2) uniforms `crop_boxes` turns into boxes."""
+    return torch.rand(n, 2 * CROP_ATTEMPTS + 2, generator=torch.Generator().manual_seed(0))
+
+
 def test_crop_boxes_follow_random_resized_crop_statistics():
     n, height, width, scale = 4000, 28, 28, (0.1, 0.4)
-    boxes = sample_crop_boxes(n, height, width, scale, generator=torch.Generator().manual_seed(0))
+    boxes = crop_boxes(_crop_uniforms(n), height, width, scale)
     top, left, h, w = boxes.unbind(1)
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= height).all() and (left + w <= width).all()
     torch.manual_seed(0)
@@ -116,7 +122,7 @@ def test_crop_boxes_follow_random_resized_crop_statistics():
 
 def test_crop_boxes_fall_back_to_the_centre_crop_like_torchvision():
     # a 10 x 40 image with scale (1, 1): no box of the image's area fits, so the centre crop of ratio 4/3 is used
-    boxes = sample_crop_boxes(5, 10, 40, (1.0, 1.0), generator=torch.Generator().manual_seed(0))
+    boxes = crop_boxes(_crop_uniforms(5), 10, 40, (1.0, 1.0))
     ref = v2.RandomResizedCrop(8, scale=(1.0, 1.0)).make_params([torch.zeros(1, 10, 40)])
     expected = torch.tensor([ref["top"], ref["left"], ref["height"], ref["width"]])
     assert (boxes == expected).all(), (boxes, expected)
