@@ -217,6 +217,11 @@ class Dinov2ForSelfDistillation(PreTrainedModel):
         targets, sources = self.ema_pairs()
         ema_update_(targets, [s.detach() for s in sources], momentum)
 
+    def get_input_embeddings(self) -> None:
+        """None: student and teacher each have a patch embedding, neither is "the" input embedding (accelerate's
+        FSDP2 would otherwise shard the student's a second time, inside its already sharded embeddings unit)."""
+        return None
+
     def exported_branch(self) -> nn.ModuleDict:
         """The branch users want at the end: the EMA teacher, or the student EMA when distilling."""
         return self.student_ema if self.config.distillation else self.teacher

@@ -15,7 +15,9 @@ What the Trainer adds to a [`Dinov2ForSelfDistillation`] forward (DINOv2 ``dinov
   uninterrupted run; bad images skipped, counted in the logs and listed in `skipped_images.json`.
 
 Multi-process: `accelerate launch` / `torchrun` with DDP works unchanged (centers and Sinkhorn-Knopp
-reduce over ranks; the EMA runs identically on every rank). FSDP: see `pretraining/README.md`.
+reduce over ranks; the EMA runs identically on every rank). FSDP2 (`--fsdp true`, or an accelerate FSDP
+config; on CPU ranks too, `pretraining/sharding.py`): sharded checkpoints, the EMA on the shards, a whole model
+in `final/` and a whole exported backbone.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from .data import EpochRandomSampler, SkippedImages
 from .modeling_self_distillation import Dinov2ForSelfDistillation
 from .optim import RecipeScheduler, build_param_groups
 from .schedules import PretrainingSchedule, scaled_learning_rate
+from .sharding import SHARDED_STATE_DICT, full_state_dict, use_requested_fsdp
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "pretraining_state.json"
@@ -136,6 +139,8 @@ class Dinov2PretrainingArguments(TrainingArguments):
                 "slower than fp32 (11x for the tiny preset on an AVX2 CPU); pass --bf16 false.",
                 stacklevel=3,  # past the dataclass __init__, to the caller
             )
+        if isinstance(self.fsdp, str) and self.fsdp.lower() in ("true", "1", "yes"):
+            self.fsdp = True  # `--fsdp true` on the command line (the Trainer's field is a string there)
         super().__post_init__()
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns=True would drop the image column; DINOv2 pretraining needs False.")
@@ -143,6 +148,14 @@ class Dinov2PretrainingArguments(TrainingArguments):
             raise ValueError(f"epoch_length must be >= 1, got {self.epoch_length}.")
         if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
             raise ValueError(f"time_budget_minutes must be positive, got {self.time_budget_minutes}.")
+        if self.fsdp_plugin_args is not None:
+            # checkpoints of a sharded run are sharded (each rank writes its shards, torch.distributed.checkpoint);
+            # `final/` and the exported backbone are whole
+            chosen = self.fsdp_config.get("state_dict_type", SHARDED_STATE_DICT)
+            if chosen != SHARDED_STATE_DICT:
+                raise ValueError(f"fsdp_config state_dict_type {chosen}: checkpoints of a sharded run are saved as "
+                                 f"{SHARDED_STATE_DICT} (the final model and the backbone are saved whole).")
+            self.fsdp_plugin_args["state_dict_type"] = SHARDED_STATE_DICT
 
 
 def check_launch_is_distributed(args: TrainingArguments) -> None:
@@ -225,6 +238,11 @@ class Dinov2PretrainingTrainer(Trainer):
         self._metric_sums: dict[str, float] = {}
         self._metric_count = 0
         self.budget: dict | None = None  # what --time_budget_minutes chose, for the logs and the model card
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        # accelerate does not shard on CPU ranks by itself: without this, --fsdp there would run DDP
+        self.is_fsdp_enabled = use_requested_fsdp(self.accelerator, self.args)
 
     # ------------------------------------------------------------------ data
     def _get_train_sampler(self, train_dataset=None):
@@ -335,13 +353,14 @@ class Dinov2PretrainingTrainer(Trainer):
 
     def _clip_grad_norm(self, model):
         """Clip the backbone's and each head's gradients separately (DINOv2 `clip_gradients`), or together."""
-        if not self.args.clip_grad_per_module or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+        if not self.args.clip_grad_per_module or self.is_deepspeed_enabled:
             norm = super()._clip_grad_norm(model)
-        else:
+        else:  # under FSDP2 the gradients are DTensor shards and the norms are reduced over the ranks
             norms = [
                 torch.nn.utils.clip_grad_norm_([p for p in module.parameters() if p.grad is not None], self.args.max_grad_norm)
                 for module in unwrap(model).student.values()
             ]
+            norms = [n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]
             norm = torch.linalg.vector_norm(torch.stack(norms))  # the norm of all student gradients
         self._stop_if_not_finite(torch.as_tensor(norm), "gradient norm")
         return norm
@@ -367,6 +386,15 @@ class Dinov2PretrainingTrainer(Trainer):
         folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         if self.args.should_save:
             self._write_state(folder)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """`Trainer.save_model`; a sharded run's final save gathers the shards into one whole checkpoint (the
+        same files as an unsharded run), on every rank's call."""
+        if not self.is_fsdp_enabled or _internal_call:
+            return super().save_model(output_dir, _internal_call)
+        state_dict = full_state_dict(self.model)
+        if self.args.should_save:
+            unwrap(self.model).save_pretrained(output_dir or self.args.output_dir, state_dict=state_dict)
 
     def _write_state(self, folder: str) -> None:
         """Skipped images and the schedules, next to the Trainer's state; written last, so its presence marks
@@ -461,9 +489,15 @@ class Dinov2PretrainingTrainer(Trainer):
 
         recipe = recipe_from_trainer(self)
         recipe.update(extra_recipe or {})
+        model = unwrap(self.model)
+        if self.is_fsdp_enabled:  # every rank takes part in gathering the shards; the main process exports
+            state_dict = full_state_dict(self.model)
+            if self.args.should_save:
+                model = Dinov2ForSelfDistillation(model.config)
+                model.load_state_dict(state_dict)
         if not self.args.should_save:
             return None
-        return export_backbone(unwrap(self.model), output_dir, recipe=recipe, repo_id=repo_id)
+        return export_backbone(model, output_dir, recipe=recipe, repo_id=repo_id)
 
 
 def recipe_from_trainer(trainer: Dinov2PretrainingTrainer) -> dict:

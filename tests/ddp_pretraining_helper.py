@@ -31,6 +31,7 @@ from pretraining.collate import MultiCropCollator  # noqa: E402
 from pretraining.configuration_self_distillation import Dinov2SelfDistillationConfig  # noqa: E402
 from pretraining.data import MultiCropDataset  # noqa: E402
 from pretraining.modeling_self_distillation import Dinov2ForSelfDistillation  # noqa: E402
+from pretraining.sharding import full_state_dict  # noqa: E402
 from pretraining.trainer import Dinov2PretrainingArguments, Dinov2PretrainingTrainer, end_distributed  # noqa: E402
 
 GLOBAL, LOCAL, PATCH = 16, 8, 4
@@ -67,6 +68,19 @@ class PauseAfterSave(TrainerCallback):
             time.sleep(3600)
 
 
+def unwrap_state(trainer) -> dict:
+    """The whole model's state dict (gathered from the shards under FSDP: on rank 0; {} on the others)."""
+    if trainer.is_fsdp_enabled:
+        return full_state_dict(trainer.model)
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def mixed_precision_policy(trainer) -> dict | None:
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    policy = getattr(plugin, "mixed_precision_policy", None)
+    return None if policy is None else {k: str(getattr(policy, k)) for k in ("param_dtype", "reduce_dtype")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--output_dir", required=True)
@@ -81,6 +95,7 @@ def main() -> None:
     parser.add_argument("--koleo_distributed", action="store_true")
     parser.add_argument("--per_sample_masks", action="store_true")
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--fsdp", action="store_true", help="FSDP2 (fully_shard) instead of DDP")
     parser.add_argument("--time_budget_minutes", type=float, default=None)
     parser.add_argument("--sinkhorn", action="store_true", help="the ViT-L/g variant: Sinkhorn-Knopp, separate iBOT head")
     options = parser.parse_args()
@@ -112,23 +127,30 @@ def main() -> None:
         seed=0,
         bf16=options.bf16,  # use_cpu is left to Dinov2PretrainingArguments (a CPU-only machine: gloo DDP)
         time_budget_minutes=options.time_budget_minutes,
+        fsdp=options.fsdp or None,
     )
     trainer = Dinov2PretrainingTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     if options.pause_after_save:
         trainer.add_callback(PauseAfterSave(options.pause_after_save))
     trainer.train(resume_from_checkpoint=True if options.resume else None)
     rank = trainer.args.process_index
+    state = unwrap_state(trainer)
     result = {
-        "student": {k: v.detach().clone() for k, v in model.student.state_dict().items()},
-        "teacher": {k: v.detach().clone() for k, v in model.teacher.state_dict().items()},
-        "dino_center": getattr(model.dino_centering, "center", None),
-        "ibot_center": getattr(model.ibot_centering, "center", None),
+        "student": {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")},
+        "teacher": {k[len("teacher."):]: v for k, v in state.items() if k.startswith("teacher.")},
+        "dino_center": state.get("dino_centering.center"),
+        "ibot_center": state.get("ibot_centering.center"),
         "log_history": trainer.state.log_history,
         "world_size": trainer.args.world_size,
         "global_step": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "budget": trainer.budget,
         "wrapped_in_ddp": isinstance(trainer.model_wrapped, torch.nn.parallel.DistributedDataParallel),
+        "fsdp_enabled": trainer.is_fsdp_enabled,
+        "mixed_precision": mixed_precision_policy(trainer),
+        # parameter name -> (type, whole shape, this rank's local shape)
+        "shards": {name: (type(p).__name__, tuple(p.shape), tuple(p.to_local().shape) if hasattr(p, "to_local") else None)
+                   for name, p in trainer.model.named_parameters()},
     }
     torch.save(result, os.path.join(options.output_dir, f"result_rank{rank}.pt"))
     end_distributed()
