@@ -21,8 +21,8 @@ forwards, eager attention, Bernoulli drop path, fp32, no checkpointing, no compi
 `Dinov2PretrainingTrainer` on the real data path (256-px photos cut from scikit-image's, the preset's per-image
 augmentation and collator, 2 x 224 + 8 x 98 crops) in its own process, so its peak RSS is its own.
 
-Columns: images/s (timed steps after the warm-up, data loading included), peak RSS and peak RSS minus the RSS
-after the imports (the run's own memory), and utilisation = model FLOPs of one step (forward and backward of
+Columns: images/s (timed steps after the warm-up, data loading included), peak memory: on a CPU peak RSS and
+peak RSS minus the RSS after the imports (the run's own memory), on a GPU the CUDA peak allocated, and utilisation = model FLOPs of one step (forward and backward of
 the student, forward of the teacher; `torch.utils.flop_counter.FlopCounterMode`, no checkpoint recompute) per
 second / the GEMM peak of this machine in the row's precision, measured in this run (square matmuls).
 """
@@ -75,17 +75,34 @@ def cli_arguments(features: dict[str, bool]) -> list[str]:
             "--torch_compile", str(features["compile"]).lower()]
 
 
+def device_name() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def synchronize() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def gemm_peak(dtype_name: str, size: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of the best of `repeats` (size x size) @ (size x size) products in `dtype_name`."""
+    """FLOP/s of the best of `repeats` (size x size) @ (size x size) products in `dtype_name` (on the GPU if
+    there is one; 8192 wide there)."""
     import torch
 
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    size = 8192 if device_name() == "cuda" else size
+    a, b = (torch.randn(size, size, dtype=dtype, device=device_name()) for _ in range(2))
     a @ b  # warm-up
     best = float("inf")
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         a @ b
+        synchronize()
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best
 
@@ -124,6 +141,7 @@ def run_row(config_name: str, features: dict[str, bool], steps: int, warmup: int
 
     class Timer(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
+            synchronize()
             step_ends.append(time.perf_counter())
 
     trainer = Dinov2PretrainingTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator,
@@ -131,13 +149,16 @@ def run_row(config_name: str, features: dict[str, bool], steps: int, warmup: int
     trainer.train()
     seconds = (step_ends[-1] - step_ends[warmup - 1]) / steps
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device_name() == "cuda":  # the GPU's memory is what limits a GPU run; no import share to subtract
+        peak_rss, rss_after_imports = torch.cuda.max_memory_allocated() / 2**20, 0.0
 
     # model FLOPs of one step, without checkpoint recompute
     model.activation_checkpointing_disable()
     inputs = collator([dataset[i] for i in range(batch)])
     inputs = {k: v for k, v in inputs.items() if k not in ("skipped_images", "upperbound", "n_masked_patches")}
+    inputs = {k: v.to(device_name()) if torch.is_tensor(v) else v for k, v in inputs.items()}
     counter = FlopCounterMode(display=False)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=features["bf16"])
+    autocast = torch.autocast(device_name(), dtype=torch.bfloat16, enabled=features["bf16"])
     with counter:
         with autocast:
             loss = model(**inputs, teacher_temp=0.04).loss
@@ -193,11 +214,15 @@ def main() -> None:
     for name in peaks:  # the best of before and after the runs
         peaks[name] = max(peaks[name], gemm_peak(name))
 
-    print(f"\nDINOv2 training efficiency on this CPU ({os.cpu_count()} cores; load average {load_start:.1f} at the "
+    import torch
+
+    where = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    memory = "CUDA peak allocated" if torch.cuda.is_available() else "peak RSS"
+    print(f"\nDINOv2 training efficiency on this {where} (load average {load_start:.1f} at the "
           f"start, {os.getloadavg()[0]:.1f} at the end; GEMM peak fp32 {peaks['fp32'] / 1e12:.2f} TFLOP/s, bf16 "
           f"{peaks['bf16'] / 1e12:.2f} TFLOP/s{'' if bf16_available else ' (emulated: bf16 rows run in fp32)'})\n")
     print("| model | row | packed | SDPA | eff. drop path | bf16 | checkpointing | compile | s/step | images/s | vs all off "
-          "| peak RSS (MB) | vs all off | peak - imports (MB) | GFLOP/step | utilisation |")
+          f"| {memory} (MB) | vs all off | peak - imports (MB) | GFLOP/step | utilisation |")
     print("|" + "---|" * 16)
     for r in results:
         off = next((x for x in results if x["config"] == r["config"] and x["row"] == "all off"), None)
