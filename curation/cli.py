@@ -45,8 +45,10 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -57,6 +59,7 @@ from modeling_dinov2.output_lock import OutputDirBusyError
 from .checks import COSINE, COUNT, DEVICE, SettingError, either, integer, list_of, optional
 
 STEPS = ("run", "embed", "dedup", "decontaminate", "retrieve", "cluster", "sample", "push")
+MULTI_PROCESS_STEPS = ("run", "embed")  # the others work on finished embeddings, in one process
 
 
 OVERWRITE_HELP = ("Replace the results of an earlier run in --output_dir ({}); without it, a directory that holds "
@@ -265,13 +268,17 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _holding_output_dir(step: str, args):
-    """The step's output directory, held while the step runs (``run``: by `curation.pipeline.curate`)."""
+def _holding_output_dir(step: str, args, processes):
+    """The step's output directory, held while the step runs (``run``: by `curation.pipeline.curate`); by the
+    first process of a multi-process ``embed``."""
+    from .distributed import claimed_by_the_main_process
     from .outputs import claim_output_dir
 
     if step not in STEP_RESULTS:
         return contextlib.nullcontext()
-    return claim_output_dir(args.output_dir, STEP_RESULTS[step], overwrite=args.overwrite, job=f"dinov2-curate {step}")
+    claim = partial(claim_output_dir, args.output_dir, STEP_RESULTS[step], overwrite=args.overwrite,
+                    job=f"dinov2-curate {step}")
+    return claimed_by_the_main_process(processes, claim, args.output_dir)
 
 
 def _write_json(out: Path, payload: dict) -> None:
@@ -318,6 +325,8 @@ def cmd_run(args: RunArguments) -> None:
     if args.overwrite is not None:
         cfg.overwrite = args.overwrite
     result = curate(config=cfg, output_dir=args.output_dir)
+    if result is None:  # a process other than the first of a multi-process run: it has embedded its share
+        return
     print(json.dumps({"output_dir": result.output_dir, "counts": result.report["counts"],
                       "removed_by_reason": result.report["removed_by_reason"],
                       "embeddings": result.report["embeddings"]}, indent=2))
@@ -345,7 +354,10 @@ def cmd_embed(args: EmbedArguments) -> None:
                "dim": res.embeddings.dim, "shards_computed": res.shards_computed,
                "embeddings_computed": res.embeddings_computed, "embeddings_reused": res.embeddings_reused,
                "failures": res.failures[:20]}
-    print(json.dumps(payload, indent=2))
+    from .distributed import Processes
+
+    if Processes.from_environment().is_main:  # one summary for a multi-process run
+        print(json.dumps(payload, indent=2))
 
 
 def cmd_dedup(args: DedupArguments) -> None:
@@ -496,10 +508,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     except SettingError as err:
         parser.error(str(err))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and step not in MULTI_PROCESS_STEPS:
+        _fail(f"dinov2-curate {step} runs in one process; {launched} were launched. Only "
+              f"{' and '.join(MULTI_PROCESS_STEPS)} split their work over several (torchrun --nproc_per_node N).")
     try:
-        with _holding_output_dir(step, args):
+        from .distributed import Processes, end
+
+        processes = Processes.from_environment()
+        with _holding_output_dir(step, args, processes):
             COMMANDS[step](args)
-    except (ValueError, OSError, OutputDirBusyError) as err:  # SettingError is a ValueError
+        end(processes)
+    except (ValueError, OSError, OutputDirBusyError, RuntimeError) as err:  # SettingError is a ValueError
         _fail(str(err))
 
 

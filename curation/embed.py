@@ -39,6 +39,7 @@ from typing import Any, NamedTuple, Optional, Union
 import numpy as np
 from tqdm.auto import tqdm
 
+from .distributed import Processes
 from .inputs import ImageSet
 from .store import ArrowEmbeddings
 
@@ -450,6 +451,43 @@ def _shard_problem(directory: Path, shard: int, expected_rows: int) -> Optional[
     return None
 
 
+def _prepare_directory(directory: Path, settings: EmbeddingSettings, inputs: list, overwrite: bool) -> None:
+    """Make ``directory`` hold only shards that are valid for ``settings`` and ``inputs`` (one input fingerprint
+    per shard): refuse embeddings made with other settings unless ``overwrite``, delete half-written, damaged
+    and changed shards, and write the settings file (its ``dim`` kept from before when the settings match)."""
+    (directory / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    meta_file = directory / META_FILE
+    if meta_file.exists():
+        old = json.loads(meta_file.read_text())
+        new = json.loads(json.dumps(asdict(settings)))  # tuples -> lists, as read back
+        changed = sorted(k for k in new if k != "dim" and old.get(k) != new[k])
+        if changed and not overwrite:
+            raise ValueError(
+                f"{directory} holds embeddings made with other settings (different {', '.join(changed)}). Pass "
+                "--overwrite true (in Python: overwrite=True) to replace them, or choose another output directory."
+            )
+        if changed:
+            for file in (directory / SHARD_DIR).iterdir():
+                file.unlink()
+        else:
+            settings.dim = old.get("dim")
+    for stale in (directory / SHARD_DIR).glob("*.tmp"):  # left by a run killed while writing
+        stale.unlink()
+    n, shard_size = settings.n_rows, settings.shard_size
+    for s in range(len(inputs)):
+        if _shard_path(directory, s).exists():
+            problem = _shard_problem(directory, s, min(shard_size, n - s * shard_size))
+            if problem is None and _recorded_inputs(directory, s) == inputs[s]:
+                continue
+            if problem is None:
+                logger.info("%s: the input images of shard %d changed since it was embedded; embedding it again",
+                            directory, s)
+            else:
+                logger.warning("%s: shard %d is damaged (%s); computing it again", directory, s, problem)
+            _shard_path(directory, s).unlink()
+    meta_file.write_text(json.dumps(asdict(settings), indent=2))
+
+
 def embed_images(
     image_set: ImageSet,
     model: Any,
@@ -465,6 +503,7 @@ def embed_images(
     num_workers: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    processes: Optional[Processes] = None,
 ) -> EmbeddingResult:
     """Embed every image of ``image_set`` into ``output_dir``, resuming from the shards already there.
 
@@ -485,6 +524,9 @@ def embed_images(
             instead of raising. Shards made with these settings are reused either way, unless their inputs
             changed.
         progress: tqdm bar over images.
+        processes: this process's rank among N that embed together (:mod:`curation.distributed`; default: the
+            launch's, one process without torchrun): rank 0 checks the settings and the existing shards, each
+            rank computes every N-th missing shard, and all return when every shard is written.
     """
     import torch
 
@@ -495,58 +537,43 @@ def embed_images(
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1; received {batch_size} and {shard_size}.")
     loaded = model if isinstance(model, LoadedModel) else load_model(model, image_size=image_size)
+    processes = processes or Processes.from_environment()
     device, autocast_dtype = resolve_device_and_precision(device, precision)
+    if device == "cuda" and processes.world_size > 1:
+        device = f"cuda:{processes.local_rank}"  # one GPU per rank of the node
     directory = Path(output_dir)
-    (directory / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     n = len(image_set)
     settings = EmbeddingSettings(
         model=loaded.name, pooling=pooling, storage_dtype=storage_dtype,
         preprocessing=asdict(loaded.preprocessing), n_rows=n, shard_size=int(shard_size),
         input_fingerprint=_input_fingerprint(image_set),
     )
-    meta_file = directory / META_FILE
-    if meta_file.exists():
-        old = json.loads(meta_file.read_text())
-        new = json.loads(json.dumps(asdict(settings)))  # tuples -> lists, as read back
-        changed = sorted(k for k in new if k != "dim" and old.get(k) != new[k])
-        if changed and not overwrite:
-            raise ValueError(
-                f"{directory} holds embeddings made with other settings (different {', '.join(changed)}). Pass "
-                "--overwrite true (in Python: overwrite=True) to replace them, or choose another output directory."
-            )
-        if changed:
-            for file in (directory / SHARD_DIR).iterdir():
-                file.unlink()
-        else:
-            settings.dim = old.get("dim")
     n_shards = (n + shard_size - 1) // shard_size
-    for stale in (directory / SHARD_DIR).glob("*.tmp"):  # left by a run killed while writing
-        stale.unlink()
     inputs = _shard_inputs_fingerprints(image_set, n_shards, shard_size)
-    todo = []
-    for s in range(n_shards):
-        if _shard_path(directory, s).exists():
-            problem = _shard_problem(directory, s, min(shard_size, n - s * shard_size))
-            if problem is None and _recorded_inputs(directory, s) == inputs[s]:
-                continue
-            if problem is None:
-                logger.info("%s: the input images of shard %d changed since it was embedded; embedding it again",
-                            directory, s)
-            else:
-                logger.warning("%s: shard %d is damaged (%s); computing it again", directory, s, problem)
-            _shard_path(directory, s).unlink()
-        todo.append(s)
-    if todo and len(todo) < n_shards:
+    error = None
+    if processes.is_main:  # the others wait: rank 0 alone decides which shards are still to compute
+        try:
+            _prepare_directory(directory, settings, inputs, overwrite)
+        except (OSError, ValueError) as err:
+            error = err
+    processes.stop_if_any_failed(error)
+    settings.dim = json.loads((directory / META_FILE).read_text()).get("dim")
+    todo = [s for s in range(n_shards) if not _shard_path(directory, s).exists()]
+    mine = processes.share(todo)
+    if todo and len(todo) < n_shards and processes.is_main:
         logger.info("%s: resuming, %d of %d shards are done", directory, n_shards - len(todo), n_shards)
-    meta_file.write_text(json.dumps(asdict(settings), indent=2))
+    if processes.world_size > 1 and processes.is_main:
+        logger.info("%s: %d shards to compute over %d processes", directory, len(todo), processes.world_size)
 
     module = loaded.module.to(device)
     transform = loaded.preprocessing.transform()
     loader = torch.utils.data.DataLoader(_DecodedImages(image_set, transform),
-                                         batch_sampler=_ShardBatches(todo, n, shard_size, batch_size),
+                                         batch_sampler=_ShardBatches(mine, n, shard_size, batch_size),
                                          num_workers=num_workers, collate_fn=_collate)
+    my_rows = sum(min(shard_size, n - s * shard_size) for s in mine)
     done_rows = n - sum(min(shard_size, n - s * shard_size) for s in todo)
-    bar = tqdm(total=n, initial=done_rows, desc=f"embedding {image_set.name}", unit="img", disable=not progress)
+    what = f"embedding {image_set.name}" + (f" (rank {processes.rank})" if processes.world_size > 1 else "")
+    bar = tqdm(total=done_rows + my_rows, initial=done_rows, desc=what, unit="img", disable=not progress)
     pending: dict[int, dict] = {}
     dim = settings.dim
     for items in loader:
@@ -582,9 +609,13 @@ def embed_images(
             _write_shard(directory, shard, entry["rows"], vectors, failures, storage_dtype, inputs[shard])
             del pending[shard]
     bar.close()
-    if dim is not None and settings.dim != dim:
-        settings.dim = int(dim)
-        meta_file.write_text(json.dumps(asdict(settings), indent=2))
+    if processes.world_size > 1:
+        logger.info("%s: rank %d embedded shards %s", directory, processes.rank, mine)
+    dims = [d for d in processes.gather(None if dim is None else int(dim)) if d is not None]  # waits for every rank
+    if processes.is_main and dims and settings.dim != dims[0]:
+        settings.dim = dims[0]
+        (directory / META_FILE).write_text(json.dumps(asdict(settings), indent=2))
+    processes.barrier()  # the meta file is final
     result = load_embeddings(directory)
     for what, kinds in (("cannot be decoded", (UNDECODABLE,)),
                         ("have an embedding without a direction", (ZERO_EMBEDDING, NON_FINITE_EMBEDDING))):

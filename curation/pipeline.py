@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
 
@@ -50,6 +51,7 @@ from tqdm.auto import tqdm
 
 from .checks import MODEL, SettingError
 from .config import CurationConfig
+from .distributed import Processes, claimed_by_the_main_process
 from .dedup import deduplicate, decontaminate, knn_edges
 from .embed import UNDECODABLE, EmbeddingResult, LoadedModel, embed_images, failure_kind, load_model_setting
 from .index import build_index
@@ -141,12 +143,14 @@ class _PoolLedger:
         return np.flatnonzero(self.reason == KEPT)
 
 
-def _embed_all(cfg: CurationConfig, sets: dict, out: Path, which: str, loaded: LoadedModel, pooling: str) -> dict:
+def _embed_all(cfg: CurationConfig, sets: dict, out: Path, which: str, loaded: LoadedModel, pooling: str,
+               processes: Processes) -> dict:
     e = cfg.embedding
     return {
         name: embed_images(image_set, loaded, out / which / name, batch_size=e.batch_size, shard_size=e.shard_size,
                            pooling=pooling, storage_dtype=e.storage_dtype, precision=e.precision, device=e.device,
-                           num_workers=e.num_workers, overwrite=cfg.overwrite, progress=cfg.progress)
+                           num_workers=e.num_workers, overwrite=cfg.overwrite, progress=cfg.progress,
+                           processes=processes)
         for name, image_set in sets.items()
     }
 
@@ -191,6 +195,9 @@ def curate(
         output_dir: where to write everything. The run holds it while it runs; results of an earlier run
             there are replaced only with the config's ``overwrite`` (see :mod:`curation.outputs`).
 
+    Under ``torchrun --nproc_per_node N`` the N processes embed together and process 0 does the rest
+    (:mod:`curation.distributed`); the others return None once the embeddings are complete.
+
     Raises:
         curation.checks.SettingError: a bad setting, input or model (a ``ValueError``), before anything is written.
         OutputDirBusyError: another running job holds ``output_dir``.
@@ -221,14 +228,18 @@ def curate(
     model = load_model_setting(e.model, "embedding.model", image_size=e.image_size)
     dedup_model = None if e.dedup_model is None else load_model_setting(e.dedup_model, "embedding.dedup_model",
                                                                          image_size=e.image_size)
-    with claim_output_dir(cfg.output_dir, RUN_RESULTS, overwrite=cfg.overwrite, job="dinov2-curate run",
-                          flag=OVERWRITE_FLAG) as out:
-        return _run_pipeline(cfg, out, pool_set, seed_sets, eval_sets_, model, dedup_model)
+    processes = Processes.from_environment()
+    claim = partial(claim_output_dir, cfg.output_dir, RUN_RESULTS, overwrite=cfg.overwrite, job="dinov2-curate run",
+                    flag=OVERWRITE_FLAG)
+    with claimed_by_the_main_process(processes, claim, cfg.output_dir) as out:
+        return _run_pipeline(cfg, out, pool_set, seed_sets, eval_sets_, model, dedup_model, processes)
 
 
 def _run_pipeline(cfg: CurationConfig, out: Path, pool_set: ImageSet, seed_sets: dict, eval_sets_: dict,
-                  model: LoadedModel, dedup_model: Optional[LoadedModel]) -> CurationResult:
-    """The steps of :func:`curate`, in an output directory that this process holds."""
+                  model: LoadedModel, dedup_model: Optional[LoadedModel],
+                  processes: Processes) -> Optional[CurationResult]:
+    """The steps of :func:`curate`, in an output directory that this job holds (None on processes other than
+    the first, after the embedding)."""
     timings: dict = {}
     clock = time.perf_counter()
 
@@ -240,13 +251,17 @@ def _run_pipeline(cfg: CurationConfig, out: Path, pool_set: ImageSet, seed_sets:
 
     # ------------------------------------------------------------------ embeddings
     e = cfg.embedding
-    semantic = _embed_all(cfg, {POOL: pool_set, **seed_sets, **eval_sets_}, out, "embeddings", model, e.pooling)
+    semantic = _embed_all(cfg, {POOL: pool_set, **seed_sets, **eval_sets_}, out, "embeddings", model, e.pooling,
+                          processes)
     if dedup_model is not None:
         copy_sets = {POOL: pool_set, **eval_sets_}
-        copy_emb = _embed_all(cfg, copy_sets, out, "embeddings_dedup", dedup_model, e.dedup_pooling or e.pooling)
+        copy_emb = _embed_all(cfg, copy_sets, out, "embeddings_dedup", dedup_model, e.dedup_pooling or e.pooling,
+                              processes)
     else:
         copy_emb = semantic
     lap("embedding")
+    if not processes.is_main:  # the rest runs in one process, on the finished embeddings
+        return None
 
     n_pool = len(pool_set)
     ledger = _PoolLedger(n_pool)
@@ -467,9 +482,12 @@ def _run_pipeline(cfg: CurationConfig, out: Path, pool_set: ImageSet, seed_sets:
         raise AssertionError(f"the curated dataset does not match the kept items: {output}")  # internal invariant
     counts["output_rows"] = output["rows"]
     dataset.save_to_disk(str(out / "dataset"))
-    from datasets import load_from_disk
+    if len(dataset):  # backed by the saved files from here on (datasets cannot load a saved empty dataset back)
+        from datasets import load_from_disk
 
-    dataset = load_from_disk(str(out / "dataset"))
+        dataset = load_from_disk(str(out / "dataset"))
+    else:
+        logger.warning("the curated set is empty: every pool image was removed (removal_log.parquet says why)")
     removal_log = _removal_log(pool_set, ledger, seed_sets, eval_sets_, semantic, copy_emb, progress=cfg.progress)
     removal_log.to_parquet(str(out / "removal_log.parquet"))
     lap("write")

@@ -171,3 +171,18 @@ def test_an_output_directory_with_results_or_a_running_job_is_refused(pool, tmp_
     code, err = _error_line(capsys, ["embed", "--input", str(pool), "--model", "pixels:4", "--output_dir", emb])
     assert code == 1 and "holds embeddings made with other settings (different model" in err
     assert "Pass --overwrite true" in err
+
+
+def test_a_run_that_removes_every_image_writes_an_empty_dataset_and_the_log(pool, tmp_path, capsys):
+    """The pool is its own evaluation set: decontamination removes every image. The run ends normally with an
+    empty curated set, and the removal log says why for each image."""
+    import json
+
+    import pandas as pd
+
+    capsys.readouterr()
+    main(["run", "--config", _config(tmp_path, pool, f"eval_sets: {{same: {pool}}}\n")])
+    assert json.loads(capsys.readouterr().out)["counts"]["output_rows"] == 0
+    log = pd.read_parquet(tmp_path / "out" / "removal_log.parquet")
+    assert len(log[log["set"] == "pool"]) == 12 and log["reason"].str.startswith("eval").all()
+    assert (tmp_path / "out" / "dataset").is_dir()
