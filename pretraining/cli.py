@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from transformers import HfArgumentParser, set_seed
 
@@ -41,6 +41,7 @@ from .data import (
     MultiCropDataset,
     load_fashion_mnist,
 )
+from .high_res import check_high_res_size, switch_step, train_with_high_res_phase
 from .modeling_self_distillation import Dinov2ForSelfDistillation
 from .presets import PRESETS, TINY_DEFAULT_DATA, preset
 from .trainer import (
@@ -204,6 +205,17 @@ class DataArguments:
         metadata={"help": "Keep the decoded images in memory, so each is decoded once per run, not once per epoch "
                   "(for data sets that fit in RAM; the tiny preset turns it on)."},
     )
+    high_res_steps: int = field(
+        default=0,
+        metadata={"help": "Train the last N steps on larger global crops (--high_res_global_crops_size): the original's "
+                  "high-resolution phase (518 px for the final 10k iterations). The schedules continue through the "
+                  "switch, which is a checkpoint (checkpoint-<max_steps - N>); resuming on either side of it is exact."},
+    )
+    high_res_global_crops_size: int | None = field(
+        default=None,
+        metadata={"help": "Side of the global crops in the high-resolution phase (a multiple of the patch size).",
+                  "aliases": ["--high_res_global_crop_size"]},
+    )
     batched_augmentation: bool = field(
         default=False,
         metadata={"help": "Make the crops of a whole batch at once in the collator (uint8 tensors, bilinear resampling; "
@@ -256,6 +268,15 @@ def parse_args(argv: list[str] | None = None):
     if known.preset not in PRESETS:
         raise SystemExit(f"dinov2-pretrain: error: unknown --preset {known.preset!r}; choose one of {sorted(PRESETS)}")
     export_args, model_args, data_args, training_args = build_parser(known.preset).parse_args_into_dataclasses(argv)
+    if data_args.high_res_steps:
+        if training_args.time_budget_minutes is not None:
+            raise SystemExit("dinov2-pretrain: error: --high_res_steps counts from the end of a fixed --max_steps; "
+                             "it does not combine with --time_budget_minutes.")
+        try:
+            switch_step(training_args.max_steps, data_args.high_res_steps)
+            check_high_res_size(data_args.high_res_global_crops_size, data_args.global_crops_size, model_args.patch_size)
+        except ValueError as error:
+            raise SystemExit(f"dinov2-pretrain: error: {error}") from None
     if known.preset == "tiny" and not data_args.train_dir and not data_args.dataset_name:
         data_args.dataset_name = TINY_DEFAULT_DATA["dataset_name"]
         data_args.max_train_samples = data_args.max_train_samples or TINY_DEFAULT_DATA["max_train_samples"]
@@ -492,9 +513,15 @@ def train_and_export(export_args: ExportArguments, model_args: ModelArguments, d
     resume = prepare_output_dir(training_args)
     set_seed(training_args.seed)
     model = build_model(model_args, data_args)
-    dataset, collator = build_data(data_args, model.config.backbone_config.patch_size, training_args.seed)
+    patch_size = model.config.backbone_config.patch_size
+    dataset, collator = build_data(data_args, patch_size, training_args.seed)
     trainer = Dinov2PretrainingTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
-    trainer.train(resume_from_checkpoint=resume, budget_started_at=started_at)
+    switch = switch_step(training_args.max_steps, data_args.high_res_steps)
+    if switch is None:
+        trainer.train(resume_from_checkpoint=resume, budget_started_at=started_at)
+    else:
+        high_res = replace(data_args, global_crops_size=data_args.high_res_global_crops_size)
+        train_with_high_res_phase(trainer, resume, switch, lambda: build_data(high_res, patch_size, training_args.seed))
     if trainer.state.global_step == 0:
         raise ValueError("the run took no optimizer step, so there is no trained model to save or export "
                          f"(--max_steps {training_args.max_steps}).")
@@ -505,6 +532,9 @@ def train_and_export(export_args: ExportArguments, model_args: ModelArguments, d
     recipe = {"preset": export_args.preset, "data": f"{source} ({len(dataset)} images)",
               "crops": f"2 x {data_args.global_crops_size} px + {data_args.local_crops_number} x "
               f"{data_args.local_crops_size} px"}
+    if data_args.high_res_steps:
+        recipe["high-resolution phase"] = (f"the last {data_args.high_res_steps} steps with "
+                                           f"{data_args.high_res_global_crops_size}-px global crops")
     export(model, export_args, training_args.output_dir, trainer, recipe)
 
 

@@ -61,6 +61,23 @@ def test_fsdp_two_ranks_shard_and_match_one_unsharded_rank(tmp_path):
     torch.testing.assert_close(rank0["dino_center"], single["dino_center"], rtol=1e-5, atol=1e-7)
 
 
+def _kill_every_process_of(output_dir) -> None:
+    """SIGKILL every process whose command line names ``output_dir`` (the ranks and torchrun)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:
+            continue
+        if str(output_dir).encode() in command and int(entry) != os.getpid():
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_a_sharded_checkpoint_resumes_after_sigkill_like_the_uninterrupted_run(tmp_path):
     run = ["--batch_size", "2", "--grad_accum", "2", "--num_images", "24", "--max_steps", "6", "--drop_path", "0.2",
            "--fsdp"]
@@ -75,9 +92,10 @@ def test_a_sharded_checkpoint_resumes_after_sigkill_like_the_uninterrupted_run(t
         while not (killed / "checkpoint-4" / "pretraining_state.json").exists():
             assert process.poll() is None and time.time() < deadline, "checkpoint-4 did not appear"
             time.sleep(0.2)
-        os.killpg(process.pid, signal.SIGKILL)  # torchrun and both ranks
+        _kill_every_process_of(killed)  # both ranks (torchrun starts them in sessions of their own), then torchrun
         process.wait(timeout=30)
     finally:
+        _kill_every_process_of(killed)
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
