@@ -11,6 +11,7 @@ import copy
 from typing import Any
 
 from transformers import PretrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 # transformers owns "dinov2" and "dinov2_with_registers"; a model type of our own keeps AutoModel
 # from silently building transformers' class for our checkpoints (and vice versa).
@@ -37,8 +38,9 @@ for _name, _arch in _ARCHS.items():
     PRESETS[_name] = dict(_arch, image_size=518, patch_size=14, **_NO_REGISTERS)
     PRESETS[f"{_name}_reg4"] = dict(_arch, image_size=518, patch_size=14, **_REG4)
 
-# Config keys of transformers' Dinov2Config that describe its Backbone API, not the network.
-_STOCK_ONLY_KEYS = ("stage_names", "out_features", "out_indices", "apply_layernorm", "reshape_hidden_states")
+# Keys of transformers' Dinov2Config that describe its Backbone API (not the network); stage_names is derived
+BACKBONE_KEYS = ("out_features", "out_indices", "apply_layernorm", "reshape_hidden_states")
+_STOCK_ONLY_KEYS = ("stage_names",)
 
 
 def swiglu_hidden_size(hidden_size: int, mlp_ratio: float) -> int:
@@ -49,7 +51,7 @@ def swiglu_hidden_size(hidden_size: int, mlp_ratio: float) -> int:
     return (int(int(hidden_size * mlp_ratio) * 2 / 3) + 7) // 8 * 8
 
 
-class Dinov2Config(PretrainedConfig):
+class Dinov2Config(BackboneConfigMixin, PretrainedConfig):
     r"""Configuration of a DINOv2 ViT ([`Dinov2Model`]).
 
     Defaults are the ViT-B/14 training setup of the original repository (LayerScale 1e-5, 224-px
@@ -92,6 +94,13 @@ class Dinov2Config(PretrainedConfig):
             the position table.
         hidden_dropout_prob, attention_probs_dropout_prob (`float`, default 0.0): dropout, unused by DINOv2
             but kept for transformers compatibility.
+        out_features, out_indices (`list`, optional): the stages [`Dinov2Backbone`] returns feature maps of
+            (`"stem"`: the embeddings, `"stage<k>"`: block k; default the last block), as transformers'
+            backbones. They, `apply_layernorm` and `reshape_hidden_states` only concern the backbone's
+            outputs, not the network.
+        apply_layernorm (`bool`, defaults to `True`): apply the final LayerNorm to each returned stage.
+        reshape_hidden_states (`bool`, defaults to `True`): return (B, C, H/p, W/p) maps (CLS and registers
+            dropped) instead of (B, tokens, C) sequences.
 
     Example:
         >>> from modeling_dinov2 import Dinov2Config, Dinov2Model
@@ -126,6 +135,10 @@ class Dinov2Config(PretrainedConfig):
         initializer_range: float = 0.02,
         hidden_dropout_prob: float = 0.0,
         attention_probs_dropout_prob: float = 0.0,
+        out_features: list[str] | None = None,
+        out_indices: list[int] | None = None,
+        apply_layernorm: bool = True,
+        reshape_hidden_states: bool = True,
         **kwargs,
     ):
         # transformers' configs say `use_swiglu_ffn`; accept it so their dicts load as they are.
@@ -157,6 +170,11 @@ class Dinov2Config(PretrainedConfig):
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
         # before PretrainedConfig's own checks, which read derived sizes such as `head_dim`
         self.validate_architecture()
+        self.apply_layernorm = apply_layernorm
+        self.reshape_hidden_states = reshape_hidden_states
+        kwargs.pop("stage_names", None)  # derived from the depth
+        self.stage_names = ["stem"] + [f"stage{index}" for index in range(1, num_hidden_layers + 1)]
+        self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
         super().__init__(**kwargs)
 
     def validate_architecture(self) -> None:
@@ -319,7 +337,7 @@ def config_to_stock_dict(config: Dinov2Config) -> tuple[dict[str, Any], list[str
         stock["use_mask_token"] = config.use_mask_token
     if not config.drop_path_uniform and config.drop_path_rate > 0:
         warnings.append("transformers applies one drop-path rate to every block; the linear ramp is lost.")
-    for key in ("id2label", "label2id"):
+    for key in ("id2label", "label2id", *BACKBONE_KEYS):
         if getattr(config, key, None) is not None:
             stock[key] = getattr(config, key)
     return stock, warnings

@@ -23,7 +23,8 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_dinov2 import Dinov2Config
@@ -458,6 +459,7 @@ REMOTE_CODE_AUTO_MAP = {
     "AutoConfig": "configuration_dinov2.Dinov2Config",
     "AutoModel": "modeling_dinov2.Dinov2Model",
     "AutoModelForImageClassification": "modeling_dinov2.Dinov2ForImageClassification",
+    "AutoBackbone": "modeling_dinov2.Dinov2Backbone",
 }
 
 
@@ -744,6 +746,61 @@ class Dinov2Model(Dinov2PreTrainedModel):
         if return_class_token:
             return tuple(zip(patches, class_tokens))
         return tuple(patches)
+
+
+class Dinov2Backbone(BackboneMixin, Dinov2Model):
+    """The ViT as a transformers backbone for dense heads (DPT, Depth Anything, Mask2Former, UperNet): the
+    feature maps of the stages in `config.out_features` (`"stem"` = the embeddings, `"stage<k>"` = block k),
+    each normed by the final LayerNorm (`apply_layernorm`) and reshaped to (B, C, H/p, W/p) with the CLS and
+    register tokens dropped (`reshape_hidden_states`). Same weights and names as [`Dinov2Model`], so a
+    `Dinov2Model` checkpoint loads into it.
+
+    Example:
+        >>> backbone = Dinov2Backbone.from_pretrained("path/to/backbone", out_indices=[3, 6, 9, 12])
+        >>> [m.shape for m in backbone(pixel_values).feature_maps]  # 4 x (B, 768, H/14, W/14)
+    """
+
+    def __init__(self, config: Dinov2Config):
+        super().__init__(config)
+        self.num_features = [config.hidden_size] * (config.num_hidden_layers + 1)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput | tuple:
+        if output_hidden_states is None:
+            output_hidden_states = getattr(self.config, "output_hidden_states", False)
+        if output_attentions is None:
+            output_attentions = getattr(self.config, "output_attentions", False)
+        if return_dict is None:
+            return_dict = getattr(self.config, "return_dict", True)
+        wanted = {self.stage_names.index(name) for name in self.out_features}
+        _, stages, attentions = self._run_blocks(
+            pixel_values, None, keep=lambda i: output_hidden_states or i in wanted, output_attentions=output_attentions
+        )
+        indices = range(len(self.stage_names)) if output_hidden_states else sorted(wanted)
+        by_stage = dict(zip(indices, stages))
+        feature_maps = tuple(self._feature_map(by_stage[i], pixel_values.shape) for i in sorted(wanted))
+        output = BackboneOutput(
+            feature_maps=feature_maps,
+            hidden_states=tuple(stages) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _feature_map(self, hidden_state: torch.Tensor, image_shape: torch.Size) -> torch.Tensor:
+        if self.config.apply_layernorm:
+            hidden_state = self.layernorm(hidden_state)
+        if not self.config.reshape_hidden_states:
+            return hidden_state
+        batch, _, height, width = image_shape
+        patches = hidden_state[:, self.num_prefix_tokens:]  # CLS and registers dropped
+        grid = (height // self.config.patch_size, width // self.config.patch_size)
+        return patches.reshape(batch, *grid, -1).permute(0, 3, 1, 2).contiguous()  # (B, C, h, w)
 
 
 class Dinov2ForImageClassification(Dinov2PreTrainedModel):

@@ -49,6 +49,7 @@ def test_trust_remote_code_in_a_process_that_never_imported_the_package(tmp_path
         "AutoConfig": "configuration_dinov2.Dinov2Config",
         "AutoModel": "modeling_dinov2.Dinov2Model",
         "AutoModelForImageClassification": "modeling_dinov2.Dinov2ForImageClassification",
+        "AutoBackbone": "modeling_dinov2.Dinov2Backbone",
     }
     assert {"modeling_dinov2.py", "configuration_dinov2.py", "model_card.py"} <= {p.name for p in (tmp_path / "model").iterdir()}
     pixel_values = torch.randn(2, 3, 28, 42)
