@@ -298,7 +298,7 @@ def plot_losses(history: list[dict], path: Path) -> None:
 def evaluate(name: str, train_features, test_features, seed: int) -> dict:
     """k-NN (k = 10, 20, 100, 200) on the last CLS and the linear probe grid of DINOv2's protocol (last 1 or 4
     blocks' CLS, with or without the mean patch token, lr sweep; chosen on 10% of the train split): test top-1."""
-    from examples.knn_eval import knn_classify
+    from modeling_dinov2.metrics.functional import knn_classify
     from examples.linear_probe import linear_probe_grid, split_train_val
 
     knn = knn_classify(train_features.cls, train_features.labels, test_features.cls, test_features.labels,

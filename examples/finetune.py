@@ -36,7 +36,6 @@ from examples.data import class_names  # noqa: E402
 from examples.features import (  # noqa: E402
     DEFAULT_MODEL, DatasetArguments, default_resize_size, eval_transform, pil_to_uint8, train_transform,
 )
-from examples.metrics import topk_accuracy  # noqa: E402
 
 DINOV2_MODEL_TYPES = ("dinov2_ssl", "dinov2", "dinov2_with_registers")
 
@@ -127,11 +126,13 @@ def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
-    """Top-1 / top-5 accuracy from the Trainer's logits (offline; no `evaluate.load`)."""
+    """Top-1 / top-5 accuracy from the Trainer's logits, with this package's `evaluate` module (offline)."""
+    from modeling_dinov2 import metrics
+
     logits = eval_prediction.predictions
     logits = logits[0] if isinstance(logits, tuple) else logits
-    accuracy = topk_accuracy(np.asarray(logits), np.asarray(eval_prediction.label_ids), ks=(1, 5))
-    return {"top1": accuracy[1], "top5": accuracy[5]}
+    return metrics.load("topk_accuracy").compute(predictions=np.asarray(logits),
+                                                 references=np.asarray(eval_prediction.label_ids), ks=[1, 5])
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:

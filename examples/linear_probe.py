@@ -45,7 +45,7 @@ if __package__ in (None, ""):  # run as `python examples/linear_probe.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from examples.features import Features  # noqa: E402
-from examples.metrics import topk_accuracy  # noqa: E402
+from modeling_dinov2.metrics.functional import topk_accuracy  # noqa: E402
 
 # 1/2/5 steps as the original's grid (1e-5 ... 0.1), moved up two decades and a half for short runs on
 # features (raw pixels and random-init ViTs on Fashion-MNIST pick 0.2 ... 1.0 after 10 epochs).

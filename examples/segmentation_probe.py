@@ -41,7 +41,6 @@ from examples.data import IGNORE_INDEX, SEGMENTATION_CLASSES, build_fashion_segm
 from examples.features import (  # noqa: E402
     IMAGENET_MEAN, IMAGENET_STD, BackboneArguments, apply_to_batch, autocast, intermediate_layers, pil_to_uint8,
 )
-from examples.metrics import confusion_matrix, segmentation_metrics  # noqa: E402
 
 
 def segmentation_transform(image_size: int) -> v2.Compose:
@@ -146,7 +145,12 @@ def predict_masks(head: LinearSegmentationHead, features: torch.Tensor, size: in
 
 def evaluate_segmentation(predictions: torch.Tensor, masks: torch.Tensor, num_classes: int) -> dict:
     """mIoU, pixel accuracy and per-class IoU over all pixels (label 255 ignored)."""
-    return segmentation_metrics(confusion_matrix(predictions, masks, num_classes, IGNORE_INDEX))
+    from modeling_dinov2 import metrics
+
+    mean_iou = metrics.load("mean_iou")
+    for prediction, mask in zip(predictions.numpy(), masks.numpy()):
+        mean_iou.add(prediction=prediction, reference=mask)
+    return mean_iou.compute(num_labels=num_classes, ignore_index=IGNORE_INDEX)
 
 
 def label_colors(num_classes: int) -> np.ndarray:

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from examples.knn_eval import cosine_topk, knn_classify, knn_scores, main
+from examples.knn_eval import main
+from modeling_dinov2.metrics.functional import cosine_topk, knn_classify, knn_scores
 
 # Training points on the unit circle (and a far one), one query at (1, 0):
 # cosine similarities 1.0 (class 0), 0.9 and 0.9 (class 1), -1.0 (class 0).
