@@ -66,7 +66,10 @@ def _is_classifier(config) -> bool:
 
 
 _FEATURE_USAGE = [
-    "from transformers import AutoImageProcessor, AutoModel",
+    "from transformers import AutoImageProcessor, AutoModel, pipeline",
+    "",
+    'extractor = pipeline("image-feature-extraction", model="{repo}", trust_remote_code=True)',
+    "tokens = extractor(image)                    # [[CLS, registers..., patches...]] x hidden",
     "",
     'processor = AutoImageProcessor.from_pretrained("{repo}")',
     'model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)',
@@ -75,7 +78,10 @@ _FEATURE_USAGE = [
     "patch_embeddings = features.patch_tokens    # (batch, patches, hidden)",
 ]
 _CLASSIFIER_USAGE = [
-    "from transformers import AutoImageProcessor, AutoModelForImageClassification",
+    "from transformers import AutoImageProcessor, AutoModelForImageClassification, pipeline",
+    "",
+    'classifier = pipeline("image-classification", model="{repo}", trust_remote_code=True)',
+    "classifier(image)                            # [{{'label': ..., 'score': ...}}, ...] best first",
     "",
     'processor = AutoImageProcessor.from_pretrained("{repo}")',
     'model = AutoModelForImageClassification.from_pretrained("{repo}", trust_remote_code=True)',
