@@ -691,7 +691,8 @@ def _removal_log(pool_set: ImageSet, ledger: _PoolLedger, seed_sets: dict, eval_
 
 def push_curated(output_dir: Union[str, Path], repo_id: str, *, private: bool = False, token: Optional[str] = None,
                  dataset: Any = None) -> None:
-    """Push ``output_dir/dataset`` to the Hub as a dataset repo, with the report, picture and removal log."""
+    """Push ``output_dir/dataset`` to the Hub as a dataset repo, with the report, picture and removal log under
+    ``curation/``, and a dataset card (``curation.dataset_card``) saying how it was curated."""
     from datasets import load_from_disk
     from huggingface_hub import HfApi
 
@@ -703,3 +704,16 @@ def push_curated(output_dir: Union[str, Path], repo_id: str, *, private: bool = 
         if (out / name).exists():
             api.upload_file(path_or_fileobj=str(out / name), path_in_repo=f"curation/{name}", repo_id=repo_id,
                             repo_type="dataset")
+    if (out / "report.json").exists():  # the card: keep the metadata push_to_hub wrote (features, files)
+        import json
+
+        from huggingface_hub import DatasetCard
+
+        from .dataset_card import dataset_card_text
+
+        report = json.loads((out / "report.json").read_text())
+        card = DatasetCard.load(repo_id, repo_type="dataset", token=token)
+        card.data.tags = sorted(set(getattr(card.data, "tags", None) or []) | {"dinov2", "curated", "image"})
+        picture = "curation/cluster_sizes.png" if (out / "cluster_sizes.png").exists() else None
+        card.text = dataset_card_text(report, picture)
+        card.push_to_hub(repo_id, repo_type="dataset", token=token)

@@ -382,8 +382,10 @@ def write_model_folder(backbone_dir: Path, model_dir: Path, results: dict, curat
                      default=str)[:3000] + "\n```",
         "Training recipe": recipe,
     }
+    eval_results = [dict(task="image-classification", dataset="fashion_mnist", dataset_name="Fashion-MNIST",
+                         split="test", metric="accuracy", name=name, value=value) for name, value in metrics.items()]
     write_model_card(model_dir, config, overwrite=True, metrics=metrics, sections=sections,
-                     extra_tags=["fashion-mnist", "dinov2-demo"])
+                     extra_tags=["fashion-mnist", "dinov2-demo"], datasets=["fashion_mnist"], eval_results=eval_results)
 
 
 def pca_figure(model, test, image_size: int, path: Path) -> None:

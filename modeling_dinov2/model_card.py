@@ -97,23 +97,37 @@ def build_model_card(
     metrics: Mapping[str, Any] | None = None,
     extra_tags: list[str] | None = None,
     pipeline_tag: str | None = None,
+    datasets: list[str] | None = None,
+    eval_results: list[dict] | None = None,
 ) -> str:
     """Markdown model card with Hub metadata (library `transformers`; pipeline `image-feature-extraction`, or
     `image-classification` for a classifier's config, unless `pipeline_tag` says otherwise).
 
-    `sections` adds titled paragraphs (e.g. the training recipe); `metrics` adds a result table.
+    `sections` adds titled paragraphs (e.g. the training recipe); `metrics` adds a result table. `datasets`
+    (Hub dataset ids) and `eval_results` go into the card's metadata, where the Hub shows them: each result a
+    dict with `task` (e.g. "image-classification"), `dataset` (id), `dataset_name`, `split`, `metric` (type,
+    e.g. "accuracy"), `name` (e.g. "k-NN top-1, k=20") and `value`; they become the card's `model-index`.
     """
-    from huggingface_hub import ModelCardData
+    from huggingface_hub import EvalResult, ModelCardData
 
     classifier = _is_classifier(config) if pipeline_tag is None else pipeline_tag == "image-classification"
     pipeline_tag = pipeline_tag or ("image-classification" if classifier else "image-feature-extraction")
+    name = _architecture_name(config)
+    results = [
+        EvalResult(task_type=r["task"], dataset_type=r["dataset"], dataset_name=r["dataset_name"],
+                   dataset_split=r.get("split"), metric_type=r["metric"], metric_name=r["name"],
+                   metric_value=r["value"])
+        for r in eval_results or []
+    ]
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag=pipeline_tag,
         license="apache-2.0",
         tags=CARD_TAGS + list(extra_tags or []),
+        datasets=list(datasets) if datasets else None,
+        model_name=(repo_id or f"dinov2-{name}".replace(" ", "-").replace("/", "")) if results else None,
+        eval_results=results or None,
     )
-    name = _architecture_name(config)
     repo = repo_id or "path/to/this/folder"
     summary = (
         "A DINOv2 vision transformer (Oquab et al., *DINOv2: Learning Robust Visual Features without "

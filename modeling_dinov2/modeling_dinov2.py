@@ -577,15 +577,27 @@ class Dinov2PreTrainedModel(PreTrainedModel):
         revision: str | None = None,
         create_pr: bool = False,
         model_card: str | None = None,
+        folder: str | os.PathLike | None = None,
         **save_kwargs,
     ):
         """Upload weights, config, code, preprocessing config and a model card (library `transformers`,
-        pipeline `image-feature-extraction`) to `repo_id`. `model_card` replaces the generated card."""
+        pipeline `image-feature-extraction`) to `repo_id`. `model_card` replaces the card.
+
+        Every other file of `folder` goes up too (default: the local folder this model was loaded from), so
+        a folder's model card with its measured results, its pictures and result files are kept; the
+        weights, config and code are this model's.
+        """
+        import shutil
+
         from huggingface_hub import HfApi
 
+        folder = folder if folder is not None else self.name_or_path
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as work_dir:
+            if folder and os.path.isdir(folder):
+                shutil.copytree(folder, work_dir, dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns(".*", "*.safetensors", "*.bin", "*.index.json"))
             self.save_pretrained(work_dir, **save_kwargs)
             if model_card is not None:
                 with open(os.path.join(work_dir, "README.md"), "w") as f:

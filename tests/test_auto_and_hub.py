@@ -110,6 +110,13 @@ def test_push_to_hub_and_from_pretrained_round_trip(hub_server, tmp_path):
     with torch.no_grad():
         torch.save(model(pixel_values).pooler_output, tmp_path / "expected.pt")
     model.save_pretrained(tmp_path / "model")
+    # the evidence a model folder carries (as dinov2-demo writes it): a card with results, a picture, a file
+    (tmp_path / "model" / "pca_features.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "model" / "demo_results.json").write_text('{"knn": 0.872}')
+    (tmp_path / "model" / "README.md").write_text(modeling_dinov2.build_model_card(
+        model.config, datasets=["fashion_mnist"], sections={"Evaluation": "![PCA](pca_features.png)"},
+        eval_results=[dict(task="image-classification", dataset="fashion_mnist", dataset_name="Fashion-MNIST",
+                           split="test", metric="accuracy", name="k-NN top-1 (k=20)", value=87.2)]))
     repo_root = str(REPO_ROOT)
     upload = textwrap.dedent(
         f"""
@@ -132,13 +139,18 @@ def test_push_to_hub_and_from_pretrained_round_trip(hub_server, tmp_path):
         assert card.data.library_name == "transformers", card.data
         assert card.data.pipeline_tag == "image-feature-extraction", card.data
         assert "dinov2" in card.data.tags and "self-supervised-learning" in card.data.tags, card.data
+        assert card.data.datasets == ["fashion_mnist"], card.data
+        result = card.data.eval_results[0]
+        assert (result.metric_value, result.metric_name, result.dataset_type) == (87.2, "k-NN top-1 (k=20)", "fashion_mnist")
+        assert "![PCA](pca_features.png)" in card.text
         files = sorted(huggingface_hub.list_repo_files("tester/tiny-dinov2"))
         print("FILES", files)
         """
     )
     output = run_python(download, env=hub_server["env"], cwd=tmp_path)
     files = output.split("FILES")[1]
-    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "modeling_dinov2.py"):
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "modeling_dinov2.py",
+                 "pca_features.png", "demo_results.json"):
         assert name in files
     assert ".bin" not in files and ".pth" not in files  # safetensors only
 

@@ -164,7 +164,10 @@ def test_curated_dataset_round_trip_through_the_hub(skewed, hub_server, tmp_path
         back = load_dataset("tester/curated-skewed", split="train")
         files = HfApi().list_repo_files("tester/curated-skewed", repo_type="dataset")
         same_pixels = all(np.array_equal(np.array(a), np.array(b)) for a, b in zip(local["image"], back["image"]))
+        from huggingface_hub import DatasetCard
+        card = DatasetCard.load("tester/curated-skewed", repo_type="dataset")
         print(json.dumps({{"n": len(back), "columns": back.column_names, "files": files, "pixels": same_pixels,
+                           "card": card.text, "tags": card.data.tags, "has_features": "dataset_info" in card.data.to_dict(),
                            "source_index": back["source_index"] == local["source_index"],
                            "clusters": back["cluster_level_1"] == local["cluster_level_1"]}}))
     """)
@@ -173,6 +176,13 @@ def test_curated_dataset_round_trip_through_the_hub(skewed, hub_server, tmp_path
     assert set(res.dataset.column_names) == set(out["columns"])
     assert out["pixels"] and out["source_index"] and out["clusters"]
     assert {"curation/report.json", "curation/cluster_sizes.png", "curation/removal_log.parquet"} <= set(out["files"])
+    card = out["card"]
+    assert "dinov2" in out["tags"] and out["has_features"]  # our text; push_to_hub's metadata kept
+    assert "| dedup | threshold 0.999, k 64 |" in card and "| sampled | 25 |" in card
+    removed = {reason: n for reason, n in res.report["removed_by_reason"].items()}
+    for reason, n in removed.items():
+        assert f"(`{reason}`) | {n:,} |" in card
+    assert "![cluster sizes per level, before and after sampling](curation/cluster_sizes.png)" in card
 
 
 def test_cluster_based_retrieval_takes_the_clusters_of_the_seed_set(skewed, tmp_path):
