@@ -23,7 +23,9 @@ RUNTIME = [
     "scikit-image",  # bundled real photos for the demo, examples and tests
 ]
 
-DEV = [
+TENSORBOARD = ["tensorboard>=2.14"]  # `--report_to tensorboard` (pip install "modeling_dinov2[tensorboard]")
+
+DEV = TENSORBOARD + [
     "pytest>=8",
     "pytest-timeout",
     "scikit-learn",
@@ -45,7 +47,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_dinov2*", "pretraining*", "curation*", "examples*"]),
     install_requires=RUNTIME,
-    extras_require={"dev": DEV},
+    extras_require={"dev": DEV, "tensorboard": TENSORBOARD},
     entry_points={
         "console_scripts": [
             "dinov2-convert=modeling_dinov2.convert:main",
