@@ -23,7 +23,10 @@ RUNTIME = [
     "scikit-image",  # bundled real photos for the demo, examples and tests
 ]
 
-TENSORBOARD = ["tensorboard>=2.14"]  # `--report_to tensorboard` (pip install "modeling_dinov2[tensorboard]")
+TENSORBOARD = ["tensorboard>=2.14"]
+# the Space app (app.py); gradio pins Pillow < 13, so it stays out of the core install and of `dev` (the tests
+# run it from a separate environment, .venv-app, made by scripts/setup_env.sh dev)
+APP = ["gradio>=5"]  # `--report_to tensorboard` (pip install "modeling_dinov2[tensorboard]")
 
 DEV = TENSORBOARD + [
     "pytest>=8",
@@ -47,7 +50,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["modeling_dinov2*", "pretraining*", "curation*", "examples*"]),
     install_requires=RUNTIME,
-    extras_require={"dev": DEV, "tensorboard": TENSORBOARD},
+    extras_require={"dev": DEV, "tensorboard": TENSORBOARD, "app": APP},
     entry_points={
         "console_scripts": [
             "dinov2-convert=modeling_dinov2.convert:main",

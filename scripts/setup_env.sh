@@ -29,4 +29,16 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && comma
     echo "setup_env: not root: run 'sudo apt-get install -y --no-install-recommends dataset-fashion-mnist'" >&2
   fi
 fi
+# The Space app's tests (tests/test_app.py) run it from an environment of its own: gradio pins Pillow < 13, which
+# the core install and its tests must not get. A headless Chromium drives its page.
+if [ "$extra" = dev ]; then
+  [ -x .venv-app/bin/python ] || "$python" -m venv .venv-app
+  app_pip=(.venv-app/bin/python -m pip --disable-pip-version-check --quiet)
+  { "${app_pip[@]}" install torch==2.14.1 torchvision==0.29.1 && "${app_pip[@]}" install -e ".[app]" selenium; } || \
+    echo "setup_env: could not set up .venv-app; the app's tests will be skipped" >&2
+  if ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    { apt-get update -qq >/dev/null; apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; } || \
+      echo "setup_env: could not install chromium; the app's browser test will be skipped" >&2
+  fi
+fi
 echo "setup_env: ready ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
