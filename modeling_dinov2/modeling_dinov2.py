@@ -521,6 +521,13 @@ class Dinov2PreTrainedModel(PreTrainedModel):
         elif isinstance(module, Dinov2LayerScale):
             init.constant_(module.lambda1, self.config.layerscale_value)
 
+    def _output_options(self, output_hidden_states, output_attentions, return_dict) -> tuple[bool, bool, bool]:
+        """The forward's output switches, the config's values where not given."""
+        config = self.config
+        return (getattr(config, "output_hidden_states", False) if output_hidden_states is None else output_hidden_states,
+                getattr(config, "output_attentions", False) if output_attentions is None else output_attentions,
+                getattr(config, "return_dict", True) if return_dict is None else return_dict)
+
     # ------------------------------------------------------------------ loading, saving and sharing
     # parameters that may be absent from a checkpoint because they are new (task heads)
     _new_parameter_prefixes: tuple[str, ...] = ()
@@ -666,12 +673,8 @@ class Dinov2Model(Dinov2PreTrainedModel):
             bool_masked_pos: (B, N) bool, patches to replace by the mask token (before positions are added);
                 a list (entries may be None) when `pixel_values` is a list.
         """
-        if output_hidden_states is None:
-            output_hidden_states = getattr(self.config, "output_hidden_states", False)
-        if output_attentions is None:
-            output_attentions = getattr(self.config, "output_attentions", False)
-        if return_dict is None:
-            return_dict = getattr(self.config, "return_dict", True)
+        output_hidden_states, output_attentions, return_dict = self._output_options(
+            output_hidden_states, output_attentions, return_dict)
         if isinstance(pixel_values, (list, tuple)):
             masks = bool_masked_pos if bool_masked_pos is not None else [None] * len(pixel_values)
             if len(masks) != len(pixel_values):
@@ -784,12 +787,8 @@ class Dinov2Backbone(BackboneMixin, Dinov2Model):
         return_dict: bool | None = None,
         **kwargs,
     ) -> BackboneOutput | tuple:
-        if output_hidden_states is None:
-            output_hidden_states = getattr(self.config, "output_hidden_states", False)
-        if output_attentions is None:
-            output_attentions = getattr(self.config, "output_attentions", False)
-        if return_dict is None:
-            return_dict = getattr(self.config, "return_dict", True)
+        output_hidden_states, output_attentions, return_dict = self._output_options(
+            output_hidden_states, output_attentions, return_dict)
         wanted = {self.stage_names.index(name) for name in self.out_features}
         _, stages, attentions = self._run_blocks(
             pixel_values, None, keep=lambda i: output_hidden_states or i in wanted, output_attentions=output_attentions
