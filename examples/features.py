@@ -1,7 +1,8 @@
 """Frozen-backbone feature extraction shared by the examples.
 
-- `eval_transform`: DINOv2's evaluation preprocessing (resize 256 bicubic, centre-crop 224, ImageNet
-  mean/std; scaled by `image_size / 224` for other sizes; grey images become RGB).
+- `processor_transform`: a model's evaluation input as its saved image processor defines it (for this
+  package's folders DINOv2's: resize 256 bicubic, centre-crop 224, ImageNet mean/std, or what the folder was
+  evaluated with), as a batched torchvision pipeline; `eval_transform`: DINOv2's, for a given size.
 - `load_backbone`: any `modeling_dinov2` or stock transformers DINOv2 checkpoint (folder or Hub id).
 - `intermediate_layers`: normalised (patch tokens, CLS) of the last n blocks, for `modeling_dinov2` models
   (`get_intermediate_layers`) and for stock transformers models (`output_hidden_states` + final LayerNorm).
@@ -55,6 +56,37 @@ def eval_transform(image_size: int = EVAL_CROP, resize_size: int | None = None) 
         v2.CenterCrop(image_size),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+PIL_TO_TORCHVISION = {0: v2.InterpolationMode.NEAREST, 2: v2.InterpolationMode.BILINEAR, 3: v2.InterpolationMode.BICUBIC}
+
+
+def load_processor(name_or_path: str):
+    """The image processor saved with a model (folder or Hub id): its evaluation input."""
+    import modeling_dinov2  # noqa: F401  (registers the dinov2_ssl Auto classes)
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(name_or_path)
+
+
+def processor_transform(processor, image_size: int | None = None, resize_size: int | None = None) -> v2.Compose:
+    """The evaluation transform a model's image processor defines (resize of the shorter side, centre crop,
+    resampling, mean / std), as a torchvision pipeline that also takes uint8 batches. `image_size` replaces its
+    crop (the resize then defaults to `default_resize_size(image_size)`), `resize_size` its resize side."""
+    crop = image_size or processor.crop_size["height"]
+    if resize_size is None:
+        resize_size = processor.size["shortest_edge"] if image_size is None else default_resize_size(image_size)
+    if resize_size < crop:
+        raise ValueError(f"resize_size ({resize_size}) must be >= image_size ({crop}).")
+    interpolation = PIL_TO_TORCHVISION.get(int(processor.resample), v2.InterpolationMode.BICUBIC)
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RGB(),
+        v2.Resize(resize_size, interpolation=interpolation, antialias=True),
+        v2.CenterCrop(crop),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(processor.image_mean), list(processor.image_std)),
     ])
 
 
@@ -290,24 +322,51 @@ class BackboneArguments:
         metadata={"help": "Checkpoint folder or Hub id: a modeling_dinov2 model or a stock transformers DINOv2 "
                   "(e.g. facebook/dinov2-small, online only)."},
     )
-    image_size: int = field(
-        default=EVAL_CROP, metadata={"help": "Centre-crop side fed to the model; a multiple of the patch size."}
+    image_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Centre-crop side fed to the model, a multiple of the patch size (default: the crop of the "
+                  "model's saved image processor, which defines its evaluation input)."},
     )
     resize_size: Optional[int] = field(
         default=None,
-        metadata={"help": "Shorter side before the crop (default image_size * 256 / 224; set it to image_size to "
-                  "keep whole 28-px Fashion-MNIST images)."},
+        metadata={"help": "Shorter side before the crop (default: the processor's; with --image_size, image_size * "
+                  "256 / 224; set it to image_size to keep whole 28-px Fashion-MNIST images)."},
     )
     batch_size: int = field(default=64, metadata={"help": "Images per forward pass."})
     bf16: bool = field(default=False, metadata={"help": "Run the backbone under bf16 autocast."})
     device: Optional[str] = field(default=None, metadata={"help": "cpu or cuda (default: cuda when available)."})
 
+    def processor(self):
+        """The model's saved image processor, or None for a checkpoint that has none."""
+        if not hasattr(self, "_processor"):
+            try:
+                self._processor = load_processor(self.model)
+            except (OSError, ValueError):
+                warnings.warn(f"{self.model} has no image processor: using DINOv2's evaluation transform "
+                              f"(resize {EVAL_RESIZE}, crop {EVAL_CROP}, ImageNet mean/std, scaled to --image_size).")
+                self._processor = None
+        return self._processor
+
+    def crop_size(self) -> int:
+        """--image_size, else the processor's crop (DINOv2's 224 without a processor)."""
+        processor = self.processor()
+        return self.image_size or (processor.crop_size["height"] if processor is not None else EVAL_CROP)
+
+    def normalisation(self) -> tuple[list[float], list[float]]:
+        processor = self.processor()
+        if processor is None:
+            return list(IMAGENET_MEAN), list(IMAGENET_STD)
+        return list(processor.image_mean), list(processor.image_std)
+
     def transform(self) -> v2.Compose:
-        return eval_transform(self.image_size, self.resize_size)
+        """The model's evaluation input: its processor's, with --image_size / --resize_size applied."""
+        if self.processor() is None:
+            return eval_transform(self.crop_size(), self.resize_size)
+        return processor_transform(self.processor(), self.image_size, self.resize_size)
 
     def load(self) -> nn.Module:
         model = load_backbone(self.model, self.device)
-        check_image_size(model, self.image_size)
+        check_image_size(model, self.crop_size())
         return model
 
 
@@ -351,7 +410,7 @@ def train_test_features(
     """
     train, test = data_args.load_splits()
     if raw_pixels:  # at their own size; mixed sizes or modes: RGB at --image-size
-        size = backbone_args.image_size
+        size = backbone_args.image_size or EVAL_CROP
         return pixel_features(train, mixed_size=size), pixel_features(test, mixed_size=size), "raw pixels"
     model = backbone_args.load()
     depth = model.config.num_hidden_layers

@@ -25,7 +25,7 @@ import torch
 if __package__ in (None, ""):  # run as `python examples/retrieval.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from examples.knn_eval import cosine_topk  # noqa: E402
+from modeling_dinov2.metrics.functional import cosine_topk  # noqa: E402
 
 
 def retrieve(query_features: torch.Tensor, gallery_features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,14 +43,15 @@ from examples.features import (  # noqa: E402
 )
 
 
-def segmentation_transform(image_size: int) -> v2.Compose:
+def segmentation_transform(image_size: int, mean: Sequence[float] = IMAGENET_MEAN,
+                           std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
     """Whole image -> (3, image_size, image_size): bicubic resize (no crop, so the mask stays aligned)."""
     return v2.Compose([
         v2.ToImage(),
         v2.RGB(),
         v2.Resize((image_size, image_size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.Normalize(list(mean), list(std)),
     ])
 
 
@@ -69,6 +70,8 @@ def extract_patch_maps(
     n_last_blocks: int = 1,
     batch_size: int = 32,
     bf16: bool = False,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen patch-token maps and masks of a segmentation dataset (`image`, `mask` columns).
 
@@ -76,7 +79,7 @@ def extract_patch_maps(
     image_size / patch_size and the channels are the last n blocks' normalised patch tokens.
     """
     device = next(model.parameters()).device
-    transform = segmentation_transform(image_size)
+    transform = segmentation_transform(image_size, mean, std)
     grid = image_size // model.config.patch_size
     features, masks = [], []
     for start in tqdm(range(0, len(dataset), batch_size), desc="patch features", unit="batch"):
@@ -208,12 +211,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = HfArgumentParser((BackboneArguments, SegmentationArguments), description=__doc__.split("\n\n")[0])
     backbone_args, args = parser.parse_args_into_dataclasses(args=argv)
     model = backbone_args.load()
+    image_size, (mean, std) = backbone_args.crop_size(), backbone_args.normalisation()  # the model's input definition
     num_classes = len(SEGMENTATION_CLASSES)
     splits = {}
     for split, count in (("train", args.num_train), ("test", args.num_test)):
         dataset = build_fashion_segmentation(split, count, canvas_size=args.canvas_size, seed=args.seed)
         features, masks = extract_patch_maps(
-            model, dataset, backbone_args.image_size, args.n_last_blocks, backbone_args.batch_size, backbone_args.bf16
+            model, dataset, image_size, args.n_last_blocks, backbone_args.batch_size, backbone_args.bf16,
+            mean, std,
         )
         splits[split] = (dataset, features, masks)
     _, train_features, train_masks = splits["train"]
@@ -221,10 +226,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     head = train_segmentation_head(
         train_features, train_masks, num_classes, args.epochs, args.lr, batch_size=args.probe_batch_size, seed=args.seed
     )
-    predictions = predict_masks(head, test_features, backbone_args.image_size)
+    predictions = predict_masks(head, test_features, image_size)
     metrics = evaluate_segmentation(predictions, test_masks, num_classes)
     print(f"Linear segmentation ({backbone_args.model}; {args.num_train} train -> {args.num_test} test images, "
-          f"{backbone_args.image_size} px)")
+          f"{image_size} px)")
     print(f"mIoU {metrics['mean_iou'] * 100:.2f}   pixel accuracy {metrics['pixel_accuracy'] * 100:.2f}")
     for name, iou in zip(SEGMENTATION_CLASSES, metrics["per_class_iou"]):
         print(f"  {name:<12} IoU {iou * 100:6.2f}")
@@ -233,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         output.mkdir(parents=True, exist_ok=True)
         per_class = [None if math.isnan(iou) else iou for iou in metrics["per_class_iou"]]  # NaN is not JSON
         payload = dict(metrics, per_class_iou=per_class, classes=list(SEGMENTATION_CLASSES), model=backbone_args.model,
-                       num_train=args.num_train, num_test=args.num_test, image_size=backbone_args.image_size)
+                       num_train=args.num_train, num_test=args.num_test, image_size=image_size)
         (output / "metrics.json").write_text(json.dumps(payload, indent=2))
         save_prediction_figure(test_set, test_masks, predictions, output / "predictions.png")
     return metrics

@@ -112,3 +112,33 @@ def test_raw_pixels_of_mixed_sizes_and_modes():
     pixels = features.cls_tokens[:, 0].reshape(2, 3, 4, 4)
     assert torch.allclose(pixels[0], torch.ones(3, 4, 4), atol=1e-3)  # white grey image: 1 in every channel
     assert torch.allclose(pixels[1].mean((1, 2)), torch.tensor([1.0, 0.0, 0.0]), atol=1e-3)  # red
+
+
+def test_the_evaluation_input_is_the_model_folders_processor(tmp_path):
+    """BackboneArguments' transform is the folder's saved image processor (one definition of the evaluation
+    input), also after --image_size overrides it."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from examples.features import BackboneArguments
+    from modeling_dinov2 import Dinov2Config, Dinov2Model
+    from modeling_dinov2.model_card import write_preprocessor_config
+
+    from conftest import tiny_config_kwargs
+
+    Dinov2Model(Dinov2Config(**tiny_config_kwargs())).save_pretrained(tmp_path)  # 28-px table: crop 28, resize 32
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8))
+    args = BackboneArguments(model=str(tmp_path))
+    processor = args.processor()
+    assert args.crop_size() == processor.crop_size["height"] == 28
+    ours = args.transform()(image)
+    theirs = processor(image, return_tensors="pt")["pixel_values"][0]
+    assert ours.shape == theirs.shape == (3, 28, 28)
+    assert (ours - theirs).abs().mean() < 0.05  # PIL and torchvision bicubic resampling differ slightly
+    # a folder evaluated at its own size (no resize margin, as dinov2-demo writes it): exactly the processor's
+    write_preprocessor_config(tmp_path, overwrite=True, crop_size=28, resize_size=28)
+    exact = BackboneArguments(model=str(tmp_path))
+    torch.testing.assert_close(exact.transform()(image), exact.processor()(image, return_tensors="pt")["pixel_values"][0],
+                               rtol=0, atol=1e-5)
+    assert BackboneArguments(model=str(tmp_path), image_size=56).transform()(image).shape == (3, 56, 56)
