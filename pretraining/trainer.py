@@ -242,7 +242,7 @@ class Dinov2PretrainingTrainer(Trainer):
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
         # accelerate does not shard on CPU ranks by itself: without this, --fsdp there would run DDP
-        self.is_fsdp_enabled = use_requested_fsdp(self.accelerator, self.args)
+        self.is_fsdp_enabled = use_requested_fsdp(self.accelerator, self.args) or self.is_fsdp_enabled
 
     # ------------------------------------------------------------------ data
     def _get_train_sampler(self, train_dataset=None):
