@@ -66,16 +66,8 @@ from .retrieval import (
     sample_based_retrieval,
 )
 from .pipeline import CurationResult, curate, push_curated
-from .sampling import (
-    BalanceStats,
-    SamplingResult,
-    cluster_balance_stats,
-    gini,
-    hierarchical_sampling,
-    normalized_entropy,
-    size_entropy,
-    water_fill,
-)
+from .balance import BalanceStats, cluster_balance_stats, gini, normalized_entropy, size_entropy
+from .sampling import SamplingResult, hierarchical_sampling, water_fill
 from .store import ArraySource, ArrowEmbeddings, EmbeddingSource, SubsetSource, as_source
 
 __all__ = [

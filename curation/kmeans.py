@@ -38,7 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .index import _parse_device, check_embeddings, import_faiss
-from .sampling import cluster_balance_stats
+from .balance import cluster_balance_stats
 from .store import EmbeddingSource, check_source
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from .sampling import cluster_balance_stats
+from .balance import cluster_balance_stats
 
 
 def balance_summary(sizes: np.ndarray) -> dict:

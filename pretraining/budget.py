@@ -41,6 +41,8 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import IntervalStrategy
 
+from .sharding import unwrap
+
 logger = logging.getLogger(__name__)
 
 CALIBRATION_WARMUP = 5  # untimed steps: first-call allocations, image decoding, DataLoader start-up
@@ -70,7 +72,6 @@ class _StepClock(TrainerCallback):
 def measure_seconds_per_step(trainer: Trainer, warmup: int = CALIBRATION_WARMUP, steps: int = CALIBRATION_STEPS) -> float:
     """Mean wall time of one optimizer step of `trainer`'s run (this rank's), measured on a throwaway copy
     that trains on the images of its first `warmup` batches."""
-    from .trainer import unwrap
 
     if warmup < 1 or steps < 1:
         raise ValueError(f"warmup and steps must be >= 1, got {warmup} and {steps}.")

@@ -6,7 +6,8 @@ accelerate 1.x then enters FSDP mode only on accelerator devices, so on CPU gloo
 project's tests) it would run plain DDP and exit 0 with nothing sharded. torch's `fully_shard` runs on CPU with
 gloo, so `enable_fsdp_on_cpu` switches accelerate's state to FSDP there; on GPUs accelerate does it itself.
 Student and teacher get the same wrap units (`Dinov2ForSelfDistillation._no_split_modules`), so their local
-shards line up and the EMA runs shard by shard.
+shards line up and the EMA runs shard by shard. `unwrap` finds the model inside the DDP / FSDP1 / compile
+wrappers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ import torch
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
 SHARDED_STATE_DICT = "SHARDED_STATE_DICT"
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP / FSDP(1) / compile wrappers (FSDP2 shards in place: the model itself)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
 
 
 def requested_fsdp_plugin(args) -> FullyShardedDataParallelPlugin | None:

@@ -42,7 +42,8 @@ from .data import EpochRandomSampler, SkippedImages
 from .modeling_self_distillation import Dinov2ForSelfDistillation
 from .optim import RecipeScheduler, build_param_groups
 from .schedules import PretrainingSchedule, scaled_learning_rate
-from .sharding import SHARDED_STATE_DICT, full_state_dict, use_requested_fsdp
+from .budget import DeadlineCallback, budgeted_max_steps
+from .sharding import SHARDED_STATE_DICT, full_state_dict, unwrap, use_requested_fsdp
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "pretraining_state.json"
@@ -174,13 +175,6 @@ def check_launch_is_distributed(args: TrainingArguments) -> None:
 def _has_accelerator() -> bool:
     accelerator = getattr(torch, "accelerator", None)
     return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside DDP / FSDP(1) / compile wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
 
 
 class TeacherEMACallback(TrainerCallback):
@@ -429,8 +423,6 @@ class Dinov2PretrainingTrainer(Trainer):
 
     def _apply_time_budget(self, checkpoint: str | None, started_at: float) -> None:
         """Set `args.max_steps` from the time budget; a resumed run continues its checkpoint's plan."""
-        from .budget import DeadlineCallback, budgeted_max_steps
-
         minutes = self.args.time_budget_minutes
         if checkpoint:
             self.args.max_steps = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME)).max_steps

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("faiss")
 
 from curation.kmeans import hierarchical_kmeans, kmeans, resample_indices  # noqa: E402
-from curation.sampling import normalized_entropy  # noqa: E402
+from curation.balance import normalized_entropy  # noqa: E402
 
 
 def _skewed_mixture(n=12_000, d=16, n_comp=10, big=0.9, sep=20.0, seed=0):

@@ -19,7 +19,7 @@ pytest.importorskip("faiss")
 from PIL import Image  # noqa: E402
 
 from conftest import run_python  # noqa: E402
-from curation.sampling import normalized_entropy  # noqa: E402
+from curation.balance import normalized_entropy  # noqa: E402
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (30, 40, 200)}
 COUNTS = {"red": 90, "green": 24, "blue": 6}

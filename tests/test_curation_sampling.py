@@ -16,15 +16,8 @@ import pytest
 pytest.importorskip("faiss")
 
 from curation.kmeans import HierarchicalKMeansResult, KMeansLevel, hierarchical_kmeans  # noqa: E402
-from curation.sampling import (  # noqa: E402
-    REASON_NOT_SAMPLED,
-    cluster_balance_stats,
-    gini,
-    hierarchical_sampling,
-    normalized_entropy,
-    size_entropy,
-    water_fill,
-)
+from curation.balance import cluster_balance_stats, gini, normalized_entropy, size_entropy  # noqa: E402
+from curation.sampling import REASON_NOT_SAMPLED, hierarchical_sampling, water_fill  # noqa: E402
 
 
 def test_entropy_and_gini_against_hand_values():
