@@ -71,7 +71,7 @@ def _images(config_name: str, count: int):
     from PIL import Image
 
     if _small_images(config_name):
-        from pretraining.data import FASHION_MNIST_DIR, load_fashion_mnist
+        from pretraining.fashion_mnist import FASHION_MNIST_DIR, load_fashion_mnist
 
         if FASHION_MNIST_DIR.exists():
             return load_fashion_mnist("train", limit=count), "Fashion-MNIST train"

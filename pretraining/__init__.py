@@ -6,7 +6,8 @@ from .augmentations import MultiCropAugmentation
 from .centering import SinkhornKnoppCentering, SoftmaxCentering, sinkhorn_knopp
 from .collate import MultiCropCollator
 from .configuration_self_distillation import Dinov2SelfDistillationConfig
-from .data import BadImageError, EpochRandomSampler, MultiCropDataset, decode_image, load_fashion_mnist
+from .data import BadImageError, EpochRandomSampler, MultiCropDataset, decode_image
+from .fashion_mnist import load_fashion_mnist
 from .export import export_backbone
 from .heads import DINOHead
 from .losses import (

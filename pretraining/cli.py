@@ -39,8 +39,8 @@ from .data import (
     DEFAULT_MIN_IMAGE_SIZE,
     ImageFolderSource,
     MultiCropDataset,
-    load_fashion_mnist,
 )
+from .fashion_mnist import load_fashion_mnist
 from .high_res import check_high_res_size, switch_step, train_with_high_res_phase
 from .modeling_self_distillation import Dinov2ForSelfDistillation
 from .presets import PRESETS, TINY_DEFAULT_DATA, preset

@@ -17,7 +17,6 @@ uninterrupted one, with any number of DataLoader workers.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,8 +29,7 @@ from torch.utils.data import Dataset, Sampler
 
 from modeling_dinov2.image_decoding import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, BadImageError, decode_image
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_INSTALL = "apt-get update && apt-get install -y --no-install-recommends dataset-fashion-mnist"
+
 DEFAULT_MIN_IMAGE_SIZE = DEFAULT_MIN_SIZE
 
 
@@ -252,32 +250,3 @@ class SkippedImages:
         if len(self.records) > limit:
             lines.append(f"  ... and {len(self.records) - limit} more (see skipped_images.json)")
         return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Fashion-MNIST from the Debian package
-# ----------------------------------------------------------------------------------------------------
-def load_fashion_mnist(split: str = "train", limit: int | None = None, root: str | os.PathLike = FASHION_MNIST_DIR):
-    """Fashion-MNIST (28x28 greyscale, 10 classes) from Debian's `dataset-fashion-mnist` as a
-    `datasets.Dataset` with `image` (PIL) and `label` columns; `limit` keeps the first rows."""
-    import datasets
-
-    prefix = {"train": "train", "test": "t10k"}.get(split)
-    if prefix is None:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
-    root = Path(root)
-    images_file, labels_file = root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
-    if not images_file.exists():
-        raise FileNotFoundError(f"Fashion-MNIST is not installed ({images_file} is missing). Install it with: "
-                                f"{FASHION_MNIST_INSTALL}")
-    with gzip.open(images_file) as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(labels_file) as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8)
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
-    return datasets.Dataset.from_dict(
-        {"image": [Image.fromarray(a, mode="L") for a in images], "label": labels.tolist()}, features=features
-    )

@@ -16,7 +16,7 @@ import torch
 from conftest import REPO_ROOT, run_python
 from test_auto_and_hub import BLOCK_PACKAGE  # blocks this package's imports in a subprocess
 from pretraining import cli
-from pretraining.data import FASHION_MNIST_DIR, FASHION_MNIST_INSTALL
+from pretraining.fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_INSTALL
 from pretraining.presets import OFFICIAL_EPOCH_LENGTH
 
 needs_fashion_mnist = pytest.mark.skipif(

@@ -14,7 +14,8 @@ from PIL import Image
 from ddp_pretraining_helper import GLOBAL, LOCAL, PATCH, synthetic_images, tiny_model
 from pretraining.augmentations import MultiCropAugmentation
 from pretraining.collate import MultiCropCollator
-from pretraining.data import FASHION_MNIST_DIR, EpochRandomSampler, MultiCropDataset, load_fashion_mnist
+from pretraining.data import EpochRandomSampler, MultiCropDataset
+from pretraining.fashion_mnist import FASHION_MNIST_DIR, load_fashion_mnist
 from pretraining.trainer import Dinov2PretrainingArguments, Dinov2PretrainingTrainer
 
 
