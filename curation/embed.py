@@ -39,6 +39,8 @@ from typing import Any, NamedTuple, Optional, Union
 import numpy as np
 from tqdm.auto import tqdm
 
+from modeling_dinov2.model_card import IMAGENET_MEAN, IMAGENET_STD
+
 from .distributed import Processes
 from .inputs import ImageSet
 from .store import ArrowEmbeddings
@@ -60,8 +62,6 @@ SHARD_DIR = "shards"
 
 # DINOv2's evaluation transform (resize the short side to 256, centre-crop 224, ImageNet statistics).
 DEFAULT_RESIZE, DEFAULT_CROP = 256, 224
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from typing import Any, Mapping
 
 # DINOv2's evaluation transform (eval/knn.py, eval/linear.py): resize the shorter side to 256 (bicubic),
 # centre-crop 224, ImageNet mean/std. Written out in full: BitImageProcessor's own defaults differ.
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalisation of every DINOv2 input, here and in training
+IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_RESIZE = 256
 EVAL_CROP = 224
 
@@ -40,8 +40,8 @@ def make_image_processor(crop_size: int = EVAL_CROP, resize_size: int | None = N
         do_rescale=True,
         rescale_factor=1 / 255,
         do_normalize=True,
-        image_mean=IMAGENET_MEAN,
-        image_std=IMAGENET_STD,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
         do_convert_rgb=True,
     )
 

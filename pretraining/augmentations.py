@@ -18,9 +18,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
 from modeling_dinov2.image_decoding import to_rgb
+from modeling_dinov2.model_card import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Gaussian-blur probabilities (global crop 1, global crop 2, local crops). DINOv2's `GaussianBlur`
 # passes `1 - p` to `RandomApply`, so the released models were trained with the inverted values
