@@ -33,7 +33,7 @@ from modeling_dinov2.output_lock import OutputDirBusyError, hold_output_dir
 from .augmentations import MultiCropAugmentation
 from .batched_augmentations import BatchedMultiCropAugmentation, to_uint8_image
 from .collate import MultiCropCollator
-from .configuration_self_distillation import Dinov2SelfDistillationConfig
+from .configuration_self_distillation import PROTOTYPES, Dinov2SelfDistillationConfig
 from .data import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_IMAGE_SIZE,
@@ -134,11 +134,11 @@ class ModelArguments:
         metadata={"help": "Stochastic depth above 0.1 computes each residual only on the kept crops (the original's "
                   "efficient version); false: Bernoulli drop path on the whole batch."},
     )
-    dino_out_dim: int = field(default=65536, metadata={"help": "Prototypes K of the DINO head."})
+    dino_out_dim: int = field(default=PROTOTYPES, metadata={"help": "Prototypes K of the DINO head."})
     dino_hidden_dim: int = field(default=2048, metadata={"help": "Hidden width of the head MLPs."})
     dino_bottleneck_dim: int = field(default=256, metadata={"help": "L2-normalised bottleneck of the DINO head."})
     ibot_separate_head: bool = field(default=False, metadata={"help": "Separate iBOT head instead of a shared one."})
-    ibot_out_dim: int = field(default=65536, metadata={"help": "Prototypes of a separate iBOT head."})
+    ibot_out_dim: int = field(default=PROTOTYPES, metadata={"help": "Prototypes of a separate iBOT head."})
     ibot_bottleneck_dim: int = field(default=256, metadata={"help": "Bottleneck of a separate iBOT head."})
     centering: str = field(default="centering", metadata={"help": "'centering' (softmax) or 'sinkhorn_knopp'."})
     student_temp: float = field(default=0.1, metadata={"help": "Student temperature."})

@@ -31,6 +31,9 @@ def _as_backbone_config(value: Dinov2Config | dict | None) -> Dinov2Config | Non
     raise TypeError(f"Expected a Dinov2Config or a dict, got {type(value).__name__}.")
 
 
+PROTOTYPES = 65536  # K of the DINO and iBOT heads in the ViT-S/B recipe (ssl_default_config.yaml)
+
+
 class Dinov2SelfDistillationConfig(PretrainedConfig):
     r"""Configuration of [`Dinov2ForSelfDistillation`].
 
@@ -67,12 +70,12 @@ class Dinov2SelfDistillationConfig(PretrainedConfig):
         self,
         backbone_config: Dinov2Config | dict | None = None,
         teacher_backbone_config: Dinov2Config | dict | None = None,
-        dino_out_dim: int = 65536,
+        dino_out_dim: int = PROTOTYPES,
         dino_hidden_dim: int = 2048,
         dino_bottleneck_dim: int = 256,
         dino_n_layers: int = 3,
         ibot_separate_head: bool = False,
-        ibot_out_dim: int = 65536,
+        ibot_out_dim: int = PROTOTYPES,
         ibot_hidden_dim: int = 2048,
         ibot_bottleneck_dim: int = 256,
         ibot_n_layers: int = 3,

@@ -31,13 +31,15 @@ Each preset has three parts, for the `model`, `data` and `training` argument gro
 
 from __future__ import annotations
 
+from .configuration_self_distillation import PROTOTYPES
+
 OFFICIAL_EPOCH_LENGTH = 1250
 TINY_DEFAULT_DATA = dict(dataset_name="fashion_mnist", max_train_samples=None)  # the whole train split
 # DINOv2 counts 1250 iterations as an epoch, whatever the dataset size
 
 _DEFAULT_RECIPE = dict(
     model=dict(
-        patch_size=14, drop_path_rate=0.3, layerscale_value=1e-5, dino_out_dim=65536,
+        patch_size=14, drop_path_rate=0.3, layerscale_value=1e-5, dino_out_dim=PROTOTYPES,
         dino_hidden_dim=2048, dino_bottleneck_dim=256, ibot_separate_head=False, centering="centering",
     ),
     data=dict(global_crops_size=224, local_crops_size=98, local_crops_number=8),
