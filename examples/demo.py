@@ -45,7 +45,7 @@ RUN_FOLDERS = ("curated", "pretrain", "model")  # what a run writes in --output-
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pretraining.presets import PRESETS
+    from pretraining.presets import RECIPES
 
     parser = argparse.ArgumentParser(prog="dinov2-demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,14 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-budget", type=float, default=15.0,
                         help="minutes for the whole command: pretraining gets what data, curation, the baselines and "
                         "the evaluation leave (default: %(default)s; 0: the tiny preset's fixed "
-                        f"{PRESETS['tiny']['training']['max_steps']} steps)")
+                        f"{RECIPES['tiny']['training']['max_steps']} steps)")
     parser.add_argument("--curated-fraction", type=float, default=0.8,
                         help="balanced sample kept after de-duplication (default: %(default)s)")
     parser.add_argument("--dedup-threshold", type=float, default=0.99,
                         help="pixel-correlation threshold for near-duplicates (default: %(default)s)")
     parser.add_argument("--save-steps", type=int, default=None,
                         help="checkpoint pretraining every N steps (default: the tiny preset's "
-                        f"{PRESETS['tiny']['training']['save_steps']})")
+                        f"{RECIPES['tiny']['training']['save_steps']})")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --output-dir: keep its curated set and pretrain from "
                         "its last checkpoint (the options that shape the results must be the same)")

@@ -43,7 +43,7 @@ from .data import (
 from .fashion_mnist import load_fashion_mnist
 from .high_res import check_high_res_size, switch_step, train_with_high_res_phase
 from .modeling_self_distillation import Dinov2ForSelfDistillation
-from .presets import PRESETS, TINY_DEFAULT_DATA, preset
+from .presets import RECIPES, TINY_DEFAULT_DATA, preset
 from .trainer import (
     Dinov2PretrainingArguments,
     Dinov2PretrainingTrainer,
@@ -228,7 +228,7 @@ class DataArguments:
 class ExportArguments:
     _argument_group_name = "Preset and export"
 
-    preset: str = field(default="tiny", metadata={"help": f"Recipe to start from: {', '.join(PRESETS)}."})
+    preset: str = field(default="tiny", metadata={"help": f"Recipe to start from: {', '.join(RECIPES)}."})
     export_dir: str | None = field(
         default=None, metadata={"help": "Where the teacher backbone is saved (default: <output_dir>/backbone)."}
     )
@@ -265,8 +265,8 @@ def parse_args(argv: list[str] | None = None):
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default="tiny")
     known, _ = pre.parse_known_args(argv)
-    if known.preset not in PRESETS:
-        raise SystemExit(f"dinov2-pretrain: error: unknown --preset {known.preset!r}; choose one of {sorted(PRESETS)}")
+    if known.preset not in RECIPES:
+        raise SystemExit(f"dinov2-pretrain: error: unknown --preset {known.preset!r}; choose one of {sorted(RECIPES)}")
     export_args, model_args, data_args, training_args = build_parser(known.preset).parse_args_into_dataclasses(argv)
     if data_args.high_res_steps:
         if training_args.time_budget_minutes is not None:

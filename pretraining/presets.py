@@ -70,7 +70,7 @@ def _with(recipe: dict, **parts) -> dict:
     return {key: dict(recipe[key], **parts.get(key, {})) for key in ("model", "data", "training")}
 
 
-PRESETS: dict[str, dict] = {
+RECIPES: dict[str, dict] = {
     "vit_small": _with(_DEFAULT_RECIPE, model=dict(arch="vit_small")),
     "vit_base": _with(_DEFAULT_RECIPE, model=dict(arch="vit_base")),
     "vit_large": _with(_LARGE_RECIPE, model=dict(arch="vit_large")),
@@ -102,9 +102,9 @@ PRESETS: dict[str, dict] = {
 def preset(name: str) -> dict:
     """The `{"model", "data", "training"}` values of a preset (copies), with ``bf16="native"`` resolved to
     whether this machine computes bf16 natively (`modeling_dinov2.hardware.bf16_is_native`)."""
-    if name not in PRESETS:
-        raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
-    values = {key: dict(values) for key, values in PRESETS[name].items()}
+    if name not in RECIPES:
+        raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(RECIPES)}.")
+    values = {key: dict(values) for key, values in RECIPES[name].items()}
     if values["training"].get("bf16") == "native":
         from modeling_dinov2.hardware import bf16_is_native
 
