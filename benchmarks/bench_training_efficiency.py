@@ -155,7 +155,7 @@ def run_row(config_name: str, features: dict[str, bool], steps: int, warmup: int
     # model FLOPs of one step, without checkpoint recompute
     model.activation_checkpointing_disable()
     inputs = collator([dataset[i] for i in range(batch)])
-    inputs = {k: v for k, v in inputs.items() if k not in ("skipped_images", "upperbound", "n_masked_patches")}
+    inputs = {k: v for k, v in inputs.items() if k != "skipped_images"}
     inputs = {k: v.to(device_name()) if torch.is_tensor(v) else v for k, v in inputs.items()}
     counter = FlopCounterMode(display=False)
     autocast = torch.autocast(device_name(), dtype=torch.bfloat16, enabled=features["bf16"])

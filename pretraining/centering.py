@@ -34,8 +34,8 @@ class SoftmaxCentering(nn.Module):
     Ordering: DINOv2 registers the batch mean at step ``t`` and applies it lazily at the start of
     step ``t + 1``, so the targets of step ``t`` use the center built from steps ``<= t - 1``. Calling
     ``probs = centering(z, tau)`` *before* ``centering.update(z)`` in every step reproduces exactly
-    that. The same class serves the DINO (CLS) and iBOT (masked patch) centers; for iBOT pass only the
-    ``n_masked_patches`` valid rows.
+    that. The same class serves the DINO (CLS) and iBOT (masked patch) centers; for iBOT pass the rows of
+    the masked patches.
 
     Args:
         num_prototypes: Number of prototypes K.

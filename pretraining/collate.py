@@ -40,7 +40,7 @@ class MultiCropCollator:
     - ``global_crops``: ``(2B, 3, H, W)``, crop-major ``[crop 0 of every sample, crop 1 of every sample]``;
     - ``local_crops``: ``(L * B, 3, h, w)``, crop-major; absent when there are no local crops;
     - ``masks``: ``(2B, N)`` bool; ``mask_indices``: ``(M,)`` flat indices into ``2B * N``;
-    - ``mask_weights``: ``(M,)`` ``1 / |M_i|``; ``n_masked_patches``: ``(1,)`` long; ``upperbound``: int.
+    - ``mask_weights``: ``(M,)`` ``1 / |M_i|``.
 
     Randomness of the masks:
 
@@ -259,8 +259,6 @@ class MultiCropCollator:
             masks=masks.masks,
             mask_indices=masks.mask_indices,
             mask_weights=masks.mask_weights,
-            n_masked_patches=masks.n_masked_patches,
-            upperbound=masks.upperbound,
         )
         return batch
 

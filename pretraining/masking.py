@@ -128,16 +128,11 @@ class MaskBatch(NamedTuple):
         mask_indices: ``(M,)`` long, ``masks.flatten().nonzero()``: indices into ``n_images * N``.
         mask_weights: ``(M,)`` float, ``1 / |M_i|`` for each masked patch of image ``i``; sums to the
             number of images with a non-empty mask.
-        n_masked_patches: ``(1,)`` long, ``M`` (a tensor so it can be all-reduced).
-        upperbound: ``sum_i int(N * probs[i + 1])``, an upper bound on ``M`` that depends only on the
-            batch size, used to size static buffers.
     """
 
     masks: torch.Tensor
     mask_indices: torch.Tensor
     mask_weights: torch.Tensor
-    n_masked_patches: torch.Tensor
-    upperbound: int
 
 
 def sample_masks(
@@ -176,14 +171,13 @@ def sample_masks(
     # ratio_i = probs[i] + (probs[i + 1] - probs[i]) * U(0, 1), and int(N * ratio_i), in float32 as the original
     ratios = probs[:-1] + (probs[1:] - probs[:-1]) * torch.rand(n_masked, generator=generator)
     targets = (n_tokens * ratios).int().tolist()
-    upperbound = int((n_tokens * probs[1:]).int().sum())
     stacked = np.zeros((n_images, mask_generator.height, mask_generator.width), dtype=bool)
     rng = python_rng(generator)
     for i, target in enumerate(targets):  # images n_masked.. keep empty masks
         mask_generator.fill(stacked[i], target, rng)
     stacked = torch.from_numpy(stacked)
     order = torch.randperm(n_images, generator=generator)
-    return _mask_batch(stacked[order].flatten(1), upperbound)  # (n_images, H, W) -> (n_images, N)
+    return _mask_batch(stacked[order].flatten(1))  # (n_images, H, W) -> (n_images, N)
 
 
 def sample_masks_per_sample(
@@ -212,8 +206,7 @@ def sample_masks_per_sample(
         for crop, (coin, u) in enumerate(draws):
             if coin < mask_probability:
                 mask_generator.fill(stacked[crop, i], int(n_tokens * (r_min + (r_max - r_min) * u)), rng)
-    upperbound = crops_per_sample * n_samples * int(n_tokens * r_max)
-    return _mask_batch(torch.from_numpy(stacked).flatten(0, 1).flatten(1), upperbound)  # (crops * B, N)
+    return _mask_batch(torch.from_numpy(stacked).flatten(0, 1).flatten(1))  # (crops * B, N)
 
 
 def _checked_mask_settings(mask_ratio_min_max: tuple[float, float], mask_probability: float) -> tuple[float, float]:
@@ -226,10 +219,9 @@ def _checked_mask_settings(mask_ratio_min_max: tuple[float, float], mask_probabi
     return r_min, r_max
 
 
-def _mask_batch(masks: torch.Tensor, upperbound: int) -> MaskBatch:
+def _mask_batch(masks: torch.Tensor) -> MaskBatch:
     """A :class:`MaskBatch` from ``(n_images, N)`` bool masks."""
     mask_indices = masks.flatten().nonzero().flatten()  # (n_images * N,) -> (M,)
     per_image = 1.0 / masks.sum(-1).clamp(min=1).float()  # (n_images,); clamp only guards empty masks
     mask_weights = per_image.unsqueeze(-1).expand_as(masks)[masks]  # (n_images, N) -> (M,)
-    n_masked_patches = torch.full((1,), mask_indices.numel(), dtype=torch.long)
-    return MaskBatch(masks, mask_indices, mask_weights, n_masked_patches, upperbound)
+    return MaskBatch(masks, mask_indices, mask_weights)

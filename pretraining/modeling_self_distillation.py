@@ -260,8 +260,6 @@ class Dinov2ForSelfDistillation(PreTrainedModel):
         masks: torch.Tensor | None = None,
         mask_indices: torch.Tensor | None = None,
         mask_weights: torch.Tensor | None = None,
-        n_masked_patches: torch.Tensor | None = None,
-        upperbound: int | None = None,
         teacher_temp: float = 0.07,
         return_dict: bool | None = None,
     ) -> Dinov2SelfDistillationOutput | tuple:
@@ -272,7 +270,6 @@ class Dinov2ForSelfDistillation(PreTrainedModel):
             masks: (2B, N) bool iBOT masks of the global crops; None disables iBOT.
             mask_indices: (M,) flat indices of the masked patches in (2B*N); derived from `masks` if None.
             mask_weights: (M,) 1/|M_i| per masked patch; derived from `masks` if None.
-            n_masked_patches, upperbound: collator outputs, accepted for compatibility (the exact M is used).
             teacher_temp: teacher softmax temperature (scheduled by the Trainer).
         """
         config = self.config

@@ -28,7 +28,7 @@ def make_batch(batch_size=3, n_local=2, seed=0):
         global_crops=torch.randn(2 * batch_size, 3, GLOBAL, GLOBAL, generator=g),
         local_crops=torch.randn(n_local * batch_size, 3, LOCAL, LOCAL, generator=g),
         masks=masks.masks, mask_indices=masks.mask_indices, mask_weights=masks.mask_weights,
-        n_masked_patches=masks.n_masked_patches, upperbound=masks.upperbound,
+
     )
 
 

@@ -22,7 +22,6 @@ def ibot_loss(
     """Weighted cross-entropy between teacher and student masked patch tokens.
 
     Rows of the patch tensors follow ``masks.flatten().nonzero()`` (the collator's ``mask_indices``).
-    With a static buffer of length ``upperbound``, pass only the first ``n_masked_patches`` rows.
 
     Args:
         student_patch_logits: ``(M, K)`` student head logits at the masked patches.
