@@ -11,9 +11,6 @@ from .fashion_mnist import load_fashion_mnist
 from .export import export_backbone
 from .heads import DINOHead
 from .losses import (
-    DINOLoss,
-    IBOTPatchLoss,
-    KoLeoLoss,
     dino_crossed_pairs,
     dino_loss,
     ibot_loss,
@@ -55,9 +52,6 @@ __all__ = [
     "export_backbone",
     "load_fashion_mnist",
     "DINOHead",
-    "DINOLoss",
-    "IBOTPatchLoss",
-    "KoLeoLoss",
     "MaskBatch",
     "MultiCropAugmentation",
     "MultiCropCollator",

@@ -1,13 +1,10 @@
 """DINOv2 pretraining losses: DINO (CLS), iBOT (masked patches) and KoLeo."""
 
-from .dino import DINOLoss, dino_crossed_pairs, dino_loss, soft_cross_entropy
-from .ibot import IBOTPatchLoss, ibot_loss
-from .koleo import KoLeoLoss, koleo_loss, koleo_loss_distributed
+from .dino import dino_crossed_pairs, dino_loss, soft_cross_entropy
+from .ibot import ibot_loss
+from .koleo import koleo_loss, koleo_loss_distributed
 
 __all__ = [
-    "DINOLoss",
-    "IBOTPatchLoss",
-    "KoLeoLoss",
     "dino_crossed_pairs",
     "dino_loss",
     "ibot_loss",

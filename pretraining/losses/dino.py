@@ -8,7 +8,6 @@ teacher only sees the ``G`` global crops. The loss is the mean over all crossed
 """
 
 import torch
-from torch import nn
 
 # Row-wise ops over K = 65536 prototypes are memory-bound: a (600, 65536) fp32 tensor is 160 MB, and each of
 # the cast, scale, log-softmax and product passes streams it through memory. In chunks of ~4 MB (16 rows) the
@@ -152,35 +151,3 @@ def dino_loss(
 
     pairs = ~torch.eye(n_student_crops, n_global_crops, dtype=torch.bool, device=ce.device)  # s == t: no loss term
     return ce.masked_fill(~pairs, 0.0).sum() / pairs.sum()
-
-
-class DINOLoss(nn.Module):
-    """Module wrapper around :func:`dino_loss` (stateless; centering lives in ``pretraining.centering``).
-
-    Example:
-        >>> loss_fn = DINOLoss()
-        >>> B, K = 4, 16
-        >>> s_global, s_local = torch.randn(2 * B, K), torch.randn(8 * B, K)
-        >>> t_global = torch.softmax(torch.randn(2 * B, K) / 0.04, dim=-1)
-        >>> loss = loss_fn(s_global, s_local, t_global, student_temp=0.1)
-    """
-
-    def __init__(self, n_global_crops: int = 2):
-        super().__init__()
-        self.n_global_crops = n_global_crops
-
-    def forward(
-        self,
-        student_global_logits: torch.Tensor,
-        student_local_logits: torch.Tensor | None,
-        teacher_global_probs: torch.Tensor,
-        student_temp: float = 0.1,
-    ) -> torch.Tensor:
-        """See :func:`dino_loss`."""
-        return dino_loss(
-            student_global_logits,
-            student_local_logits,
-            teacher_global_probs,
-            student_temp=student_temp,
-            n_global_crops=self.n_global_crops,
-        )

@@ -7,7 +7,6 @@ patches, and images without a mask contribute 0 but still count in the denominat
 """
 
 import torch
-from torch import nn
 
 from .dino import soft_cross_entropy
 
@@ -54,18 +53,3 @@ def ibot_loss(
 
     ce = soft_cross_entropy(teacher_patch_probs, student_patch_logits, student_temp)  # (M,)
     return (ce * mask_weights.float()).sum() / masks.shape[0]
-
-
-class IBOTPatchLoss(nn.Module):
-    """Module wrapper around :func:`ibot_loss` (stateless; centering lives in ``pretraining.centering``)."""
-
-    def forward(
-        self,
-        student_patch_logits: torch.Tensor,
-        teacher_patch_probs: torch.Tensor,
-        masks: torch.Tensor,
-        mask_weights: torch.Tensor | None = None,
-        student_temp: float = 0.1,
-    ) -> torch.Tensor:
-        """See :func:`ibot_loss`."""
-        return ibot_loss(student_patch_logits, teacher_patch_probs, masks, mask_weights, student_temp)

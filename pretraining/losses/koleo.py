@@ -71,22 +71,3 @@ def koleo_loss_distributed(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
             nearest = dots.argmax(dim=1)  # (n,)
         distances = torch.linalg.vector_norm(x - everyone[nearest], dim=-1)  # (n,)
         return -torch.log(distances.clamp_min(eps)).mean()
-
-
-class KoLeoLoss(nn.Module):
-    """Module wrapper around :func:`koleo_loss`.
-
-    Accepts ``(n, D)`` features or ``(C, n, D)`` features of ``C`` crops; for the latter the per-crop
-    losses are summed, never mixing crops (DINOv2 sums over the two global crops of the student's
-    pre-head ``x_norm_clstoken`` and weights the sum by 0.1).
-    """
-
-    def __init__(self, eps: float = 1e-8):
-        super().__init__()
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(n, D)`` or ``(C, n, D)`` features -> scalar loss."""
-        if x.dim() == 3:
-            return torch.stack([koleo_loss(crop, self.eps) for crop in x.unbind(0)]).sum()
-        return koleo_loss(x, self.eps)
