@@ -145,7 +145,7 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, teacher_temp: float, n_iteratio
 class SinkhornKnoppCentering(nn.Module):
     """Stateless counterpart of :class:`SoftmaxCentering` using :func:`sinkhorn_knopp`.
 
-    Same call signature, so a training loop can switch between ``"centering"`` and
+    Same call signature, so a training loop can switch between ``"softmax_centering"`` and
     ``"sinkhorn_knopp"`` (DINOv2 ``train.centering``); :meth:`update` is a no-op.
     """
 

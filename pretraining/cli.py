@@ -140,7 +140,9 @@ class ModelArguments:
     ibot_separate_head: bool = field(default=False, metadata={"help": "Separate iBOT head instead of a shared one."})
     ibot_out_dim: int = field(default=PROTOTYPES, metadata={"help": "Prototypes of a separate iBOT head."})
     ibot_bottleneck_dim: int = field(default=256, metadata={"help": "Bottleneck of a separate iBOT head."})
-    centering: str = field(default="centering", metadata={"help": "'centering' (softmax) or 'sinkhorn_knopp'."})
+    centering: str = field(default="softmax_centering", metadata={
+        "help": "Teacher targets: softmax of the logits minus an EMA center, or Sinkhorn-Knopp (ViT-L/g).",
+        "choices": ["softmax_centering", "sinkhorn_knopp"]})
     student_temp: float = field(default=0.1, metadata={"help": "Student temperature."})
     dino_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the DINO loss."})
     ibot_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the iBOT loss."})

@@ -14,7 +14,8 @@ from transformers import PretrainedConfig
 from modeling_dinov2 import Dinov2Config
 
 SSL_MODEL_TYPE = "dinov2_ssl_self_distillation"
-CENTERINGS = ("centering", "sinkhorn_knopp")
+CENTERINGS = ("softmax_centering", "sinkhorn_knopp")
+OLD_CENTERING_NAMES = {"centering": "softmax_centering"}  # configs saved before the rename
 # settings a distilled student inherits from its teacher: the heads (prototypes must match) and the targets
 TEACHER_KEYS = (
     "dino_out_dim", "dino_hidden_dim", "dino_bottleneck_dim", "dino_n_layers", "ibot_separate_head", "ibot_out_dim",
@@ -48,8 +49,8 @@ class Dinov2SelfDistillationConfig(PretrainedConfig):
         ibot_separate_head (`bool`, defaults to `False`): a separate iBOT head (ViT-L/g recipes) instead of
             sharing the DINO head (iBOT's shared head, the default recipe).
         ibot_out_dim, ibot_hidden_dim, ibot_bottleneck_dim, ibot_n_layers: the separate iBOT head.
-        centering (`str`, defaults to `"centering"`): teacher target normalisation, `"centering"` (softmax
-            with an EMA center) or `"sinkhorn_knopp"` (ViT-L/g recipes).
+        centering (`str`, defaults to `"softmax_centering"`): teacher target normalisation, `"softmax_centering"`
+            (softmax of the logits minus an EMA center, the ViT-S/B recipe) or `"sinkhorn_knopp"` (ViT-L/g).
         center_momentum (`float`, defaults to 0.9): EMA momentum of the softmax centers.
         sinkhorn_iterations (`int`, defaults to 3).
         student_temp (`float`, defaults to 0.1): student softmax temperature (DINO and iBOT).
@@ -79,7 +80,7 @@ class Dinov2SelfDistillationConfig(PretrainedConfig):
         ibot_hidden_dim: int = 2048,
         ibot_bottleneck_dim: int = 256,
         ibot_n_layers: int = 3,
-        centering: str = "centering",
+        centering: str = "softmax_centering",
         center_momentum: float = 0.9,
         sinkhorn_iterations: int = 3,
         student_temp: float = 0.1,
@@ -101,7 +102,7 @@ class Dinov2SelfDistillationConfig(PretrainedConfig):
         self.ibot_hidden_dim = ibot_hidden_dim
         self.ibot_bottleneck_dim = ibot_bottleneck_dim
         self.ibot_n_layers = ibot_n_layers
-        self.centering = centering
+        self.centering = OLD_CENTERING_NAMES.get(centering, centering)
         self.center_momentum = center_momentum
         self.sinkhorn_iterations = sinkhorn_iterations
         self.student_temp = student_temp

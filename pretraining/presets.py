@@ -40,7 +40,7 @@ TINY_DEFAULT_DATA = dict(dataset_name="fashion_mnist", max_train_samples=None)  
 _DEFAULT_RECIPE = dict(
     model=dict(
         patch_size=14, drop_path_rate=0.3, layerscale_value=1e-5, dino_out_dim=PROTOTYPES,
-        dino_hidden_dim=2048, dino_bottleneck_dim=256, ibot_separate_head=False, centering="centering",
+        dino_hidden_dim=2048, dino_bottleneck_dim=256, ibot_separate_head=False, centering="softmax_centering",
     ),
     data=dict(global_crops_size=224, local_crops_size=98, local_crops_number=8),
     training=dict(

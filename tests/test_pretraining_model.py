@@ -139,7 +139,7 @@ def test_ema_update_formula():
 
 def test_save_load_round_trip_with_centers(tmp_path):
     torch.manual_seed(0)
-    model = tiny_model(ibot_separate_head=True, centering="centering").train()
+    model = tiny_model(ibot_separate_head=True, centering="softmax_centering").train()
     model(**make_batch())  # moves the centers
     model.update_teacher(0.5)
     model.save_pretrained(tmp_path)
@@ -240,6 +240,8 @@ def test_config_errors():
     backbone = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=PATCH, image_size=GLOBAL)
     with pytest.raises(ValueError, match="centering"):
         Dinov2SelfDistillationConfig(backbone_config=backbone, centering="softmax")
+    # configs saved before the rename say "centering"
+    assert Dinov2SelfDistillationConfig(backbone_config=backbone, centering="centering").centering == "softmax_centering"
     with pytest.raises(ValueError, match="teacher_backbone_config"):
         Dinov2SelfDistillationConfig(backbone_config=backbone, distillation=True)
     other = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=8, image_size=GLOBAL)
