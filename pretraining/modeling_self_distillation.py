@@ -9,7 +9,7 @@ One forward = one DINOv2 iteration without the optimizer:
    masked patches] in one call;
 3. loss = w_dino * DINO(crossed pairs) + w_ibot * iBOT(masked patches) + w_koleo * KoLeo(global CLS).
 
-The teacher follows the student by EMA (`update_teacher`, called once per optimizer step by the
+The teacher follows the student by EMA (`update_ema`, called once per optimizer step by the
 Trainer callback). With `config.distillation` the teacher is a frozen pretrained model of any size, the
 student is not masked (iBOT still uses the mask positions) and `student_ema` tracks the student.
 """
@@ -212,8 +212,9 @@ class Dinov2ForSelfDistillation(PreTrainedModel):
         return [target_params[name] for name in names], [p for _, p in self.student.named_parameters()]
 
     @torch.no_grad()
-    def update_teacher(self, momentum: float) -> None:
-        """EMA step: teacher <- m * teacher + (1 - m) * student (or the student EMA when distilling)."""
+    def update_ema(self, momentum: float) -> None:
+        """EMA step of the averaged branch: teacher <- m * teacher + (1 - m) * student; when distilling, where
+        the teacher is frozen, the student EMA (the exported model) instead."""
         targets, sources = self.ema_pairs()
         ema_update_(targets, [s.detach() for s in sources], momentum)
 

@@ -153,8 +153,8 @@ class PretrainingSchedule:
     freeze_last_layer_steps: int = 0
     weight_decay_start: float = 0.04
     weight_decay_end: float = 0.4
-    momentum_start: float = 0.992
-    momentum_end: float = 1.0
+    momentum_teacher_start: float = 0.992
+    momentum_teacher_end: float = 1.0
     teacher_temp_start: float = 0.04
     teacher_temp_end: float = 0.07
     teacher_temp_warmup_steps: int = 0
@@ -176,8 +176,8 @@ class PretrainingSchedule:
     def weight_decay(self, step: int) -> float:
         return weight_decay(step, self.total_steps, self.weight_decay_start, self.weight_decay_end)
 
-    def momentum(self, step: int) -> float:
-        return teacher_momentum(step, self.total_steps, self.momentum_start, self.momentum_end)
+    def momentum_teacher(self, step: int) -> float:
+        return teacher_momentum(step, self.total_steps, self.momentum_teacher_start, self.momentum_teacher_end)
 
     def teacher_temp(self, step: int) -> float:
         return teacher_temperature(step, self.teacher_temp_warmup_steps, self.teacher_temp_start, self.teacher_temp_end)
@@ -188,6 +188,6 @@ class PretrainingSchedule:
             "lr": self.lr(step),
             "last_layer_lr": self.last_layer_lr(step),
             "weight_decay": self.weight_decay(step),
-            "momentum": self.momentum(step),
+            "momentum_teacher": self.momentum_teacher(step),
             "teacher_temp": self.teacher_temp(step),
         }

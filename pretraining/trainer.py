@@ -188,8 +188,8 @@ class TeacherEMACallback(TrainerCallback):
     def on_optimizer_step(self, args, state, control, **kwargs):
         if self.trainer.accelerator.optimizer_step_was_skipped:  # fp16 overflow: the student did not move
             return
-        momentum = self.trainer.schedule.momentum(state.global_step)
-        unwrap(self.trainer.model).update_teacher(momentum)
+        momentum = self.trainer.schedule.momentum_teacher(state.global_step)
+        unwrap(self.trainer.model).update_ema(momentum)
 
 
 class DataEpochCallback(TrainerCallback):
@@ -292,8 +292,8 @@ class Dinov2PretrainingTrainer(Trainer):
             freeze_last_layer_steps=round(args.freeze_last_layer_epochs * epoch),
             weight_decay_start=args.weight_decay,
             weight_decay_end=args.weight_decay_end,
-            momentum_start=args.momentum_teacher,
-            momentum_end=args.final_momentum_teacher,
+            momentum_teacher_start=args.momentum_teacher,
+            momentum_teacher_end=args.final_momentum_teacher,
             teacher_temp_start=args.warmup_teacher_temp,
             teacher_temp_end=args.teacher_temp,
             teacher_temp_warmup_steps=round(args.warmup_teacher_temp_epochs * epoch),
@@ -532,7 +532,7 @@ def recipe_from_trainer(trainer: Dinov2PretrainingTrainer) -> dict:
             "lr warm-up steps": schedule.warmup_steps,
             "min learning rate": schedule.min_lr,
             "weight decay": f"{schedule.weight_decay_start} -> {schedule.weight_decay_end} (cosine)",
-            "teacher momentum": f"{schedule.momentum_start} -> {schedule.momentum_end} (cosine)",
+            "teacher momentum": f"{schedule.momentum_teacher_start} -> {schedule.momentum_teacher_end} (cosine)",
             "teacher temperature": f"{schedule.teacher_temp_start} -> {schedule.teacher_temp_end} over "
             f"{schedule.teacher_temp_warmup_steps} steps",
             "last layer frozen for steps": schedule.freeze_last_layer_steps,

@@ -44,8 +44,8 @@ def test_the_last_steps_see_larger_global_crops_and_the_schedules_continue(image
     history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
     steps = [e for e in history if "lr" in e]
     assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6]
-    # the schedules are those of one 6-step run: lr, weight decay and momentum keep their monotone course
-    for name, rising in (("weight_decay", True), ("momentum", True)):
+    # the schedules are those of one 6-step run: lr, weight decay and teacher momentum keep their monotone course
+    for name, rising in (("weight_decay", True), ("momentum_teacher", True)):
         values = [e[name] for e in steps]
         assert values == sorted(values, reverse=not rising) and len(set(values)) > 1, name
     card = (tmp_path / "run" / "backbone" / "README.md").read_text()

@@ -129,11 +129,11 @@ def test_ema_update_formula():
             p.add_(torch.randn_like(p))
     before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
     student = model.student.state_dict()
-    model.update_teacher(0.75)
+    model.update_ema(0.75)
     for key, value in model.teacher.state_dict().items():
         torch.testing.assert_close(value, 0.75 * before[key] + 0.25 * student[key])
     snapshot = {k: v.clone() for k, v in model.teacher.state_dict().items()}
-    model.update_teacher(1.0)  # momentum 1: the teacher does not move
+    model.update_ema(1.0)  # momentum 1: the teacher does not move
     assert all(torch.equal(v, snapshot[k]) for k, v in model.teacher.state_dict().items())
 
 
@@ -141,7 +141,7 @@ def test_save_load_round_trip_with_centers(tmp_path):
     torch.manual_seed(0)
     model = tiny_model(ibot_separate_head=True, centering="softmax_centering").train()
     model(**make_batch())  # moves the centers
-    model.update_teacher(0.5)
+    model.update_ema(0.5)
     model.save_pretrained(tmp_path)
     files = load_file(tmp_path / "model.safetensors")
     # what Trainer's resume does: a raw load_state_dict of the file must match every key
@@ -230,7 +230,7 @@ def test_distillation_from_a_frozen_teacher(tmp_path):
             p.add_(1.0)
     teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
     ema_before = {k: v.clone() for k, v in model.student_ema.state_dict().items()}
-    model.update_teacher(0.5)  # updates the student EMA, never the frozen teacher
+    model.update_ema(0.5)  # updates the student EMA, never the frozen teacher
     assert all(torch.equal(v, teacher_before[k]) for k, v in model.teacher.state_dict().items())
     assert not all(torch.equal(v, ema_before[k]) for k, v in model.student_ema.state_dict().items())
     assert model.exported_branch() is model.student_ema

@@ -104,7 +104,7 @@ def test_scheduler_rejects_plain_groups(model):
 def test_schedule_values_hand_values():
     s = PretrainingSchedule(total_steps=100, base_lr=1e-3, warmup_steps=10, teacher_temp_warmup_steps=4)
     v = s.values(50)
-    assert v["momentum"] == pytest.approx(0.996)  # cosine 0.992 -> 1, half-way
+    assert v["momentum_teacher"] == pytest.approx(0.996)  # cosine 0.992 -> 1, half-way
     assert v["weight_decay"] == pytest.approx(0.22)  # cosine 0.04 -> 0.4, half-way
     assert v["teacher_temp"] == pytest.approx(0.07)  # warm-up over
     assert s.teacher_temp(2) == pytest.approx(0.06)  # linspace(0.04, 0.07, 4)[2]

@@ -13,7 +13,7 @@ from pretraining import cli  # noqa: E402
 from test_pretraining_ddp import _pictures  # noqa: E402
 
 SCALARS = ("loss", "dino_loss", "ibot_loss", "koleo_loss", "teacher_entropy", "prototype_usage", "lr", "weight_decay",
-           "momentum", "teacher_temp", "last_layer_lr", "grad_norm")
+           "momentum_teacher", "teacher_temp", "last_layer_lr", "grad_norm")
 
 
 def test_dino_scalars_reach_tensorboard(tmp_path):

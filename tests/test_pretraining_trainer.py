@@ -21,7 +21,7 @@ from pretraining.trainer import (
 )
 
 LOGGED = ("loss", "grad_norm", "dino_loss", "ibot_loss", "koleo_loss", "teacher_entropy", "prototype_usage", "lr",
-          "last_layer_lr", "weight_decay", "momentum", "teacher_temp", "skipped_images", "dino_loss_uniform")
+          "last_layer_lr", "weight_decay", "momentum_teacher", "teacher_temp", "skipped_images", "dino_loss_uniform")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -47,18 +47,18 @@ def test_ema_runs_once_per_optimizer_step_with_gradient_accumulation(tmp_path):
     model = trainer.model
     initial_teacher = [p.detach().clone() for p in model.teacher.parameters()]
     calls = []
-    original = model.update_teacher
+    original = model.update_ema
 
     def spy(momentum):
         calls.append((momentum, [p.detach().clone() for p in model.student.parameters()]))
         original(momentum)
 
-    model.update_teacher = spy
+    model.update_ema = spy
     forwards = []
     model.register_forward_hook(lambda *args: forwards.append(1))
     trainer.train()
     assert len(forwards) == 6 and len(calls) == 3  # 3 optimizer steps of 2 micro-batches
-    assert [m for m, _ in calls] == pytest.approx([trainer.schedule.momentum(step) for step in range(3)])
+    assert [m for m, _ in calls] == pytest.approx([trainer.schedule.momentum_teacher(step) for step in range(3)])
     # the teacher is exactly the EMA of the student snapshots taken after each optimizer step
     expected = initial_teacher
     for momentum, student in calls:
