@@ -153,7 +153,8 @@ def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def save_prediction_figure(dataset, predictions: np.ndarray, path: str | Path, rows: int = 4) -> None:
-    """Image / true depth / predicted depth for the first `rows` test images (one colour scale per row)."""
+    """Image / true depth / predicted depth for the first `rows` test images (one colour scale per row, near
+    is bright; invalid pixels blank)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,6 +165,7 @@ def save_prediction_figure(dataset, predictions: np.ndarray, path: str | Path, r
     for row in range(rows):
         target = np.asarray(dataset[row]["depth"])
         top = float(target.max())
+        target = np.where(target > 0, target, np.nan)  # invalid rims left blank
         for column, (picture, title) in enumerate(
                 [(dataset[row]["image"], "image"), (target, "true depth"), (predictions[row], "predicted depth")]):
             axis = axes[row, column]
