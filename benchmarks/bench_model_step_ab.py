@@ -34,7 +34,7 @@ def main() -> None:
     import torch
 
     from modeling_dinov2.hardware import bf16_is_native, reuse_freed_memory
-    from pretraining import cli
+    from pretraining import builders, cli
 
     reuse_freed_memory()  # as dinov2-pretrain does
     bf16 = bf16_is_native() if args.precision is None else args.precision == "bf16"
@@ -44,10 +44,10 @@ def main() -> None:
     _, model_args, data_args, training_args = cli.parse_args(argv)
     batch = args.batch or training_args.per_device_train_batch_size
     torch.manual_seed(0)
-    model = cli.build_model(model_args, data_args).train()
+    model = builders.build_model(model_args, data_args).train()
     keys = ("global_crops", "local_crops", "masks", "mask_indices", "mask_weights")
     if args.preset == "tiny":
-        dataset, collator = cli.build_data(data_args, model_args.patch_size, 0)
+        dataset, collator = builders.build_data(data_args, model_args.patch_size, 0)
         batches = [{k: v for k, v in collator([dataset[i] for i in range(b * batch, (b + 1) * batch)]).items() if k in keys}
                    for b in range(min(8, len(dataset) // batch))]
     else:

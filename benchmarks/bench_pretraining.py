@@ -47,7 +47,7 @@ def _small_images(config_name: str) -> bool:
 
 
 def _parse(config: dict, precision: str, steps: int, warmup: int, workers: int | None):
-    from pretraining import cli
+    from pretraining import builders, cli
 
     argv = ["--preset", config["preset"], "--output_dir", "/tmp/bench_pretraining", "--max_steps", str(warmup + steps),
             "--save_strategy", "no", "--logging_steps", "1000", "--disable_tqdm", "true", "--report_to", "none",
@@ -107,7 +107,7 @@ def run_one(config_name: str, precision: str, mode: str, steps: int, warmup: int
     from torch.utils.data import Dataset
     from transformers import TrainerCallback
 
-    from pretraining import cli
+    from pretraining import builders, cli
     from pretraining.collate import MultiCropCollator
     from pretraining.trainer import Dinov2PretrainingTrainer
 
@@ -116,13 +116,13 @@ def run_one(config_name: str, precision: str, mode: str, steps: int, warmup: int
     batch = training_args.per_device_train_batch_size
     rss_start = _rss_mb()
     torch.manual_seed(0)
-    model = cli.build_model(model_args, data_args)
+    model = builders.build_model(model_args, data_args)
     patch = model.config.backbone_config.patch_size
     g, l, n_local = data_args.global_crops_size, data_args.local_crops_size, data_args.local_crops_number
 
     if mode == "pipeline":
         images, data_name = _images(config_name, batch * (warmup + steps))
-        dataset, collator = cli.build_data(data_args, patch, training_args.seed, images=images)
+        dataset, collator = builders.build_data(data_args, patch, training_args.seed, images=images)
     else:
         data_name = "pre-made random crops"
 
@@ -165,7 +165,7 @@ def augmentation_speed(config_name: str, threads: int, images: int = 256) -> dic
     sys.path.insert(0, REPO)
     import torch
 
-    from pretraining import cli
+    from pretraining import builders, cli
     from pretraining.batched_augmentations import BatchedMultiCropAugmentation
 
     torch.set_num_threads(threads)
@@ -174,14 +174,14 @@ def augmentation_speed(config_name: str, threads: int, images: int = 256) -> dic
     dataset_images, _ = _images(config_name, images if small else 8)
     pictures = [row["image"].convert("RGB") for row in dataset_images]
     data_args.batched_augmentation = False
-    per_image = cli.build_augmentation(data_args, model_args.patch_size)
+    per_image = builders.build_augmentation(data_args, model_args.patch_size)
     start = time.perf_counter()
     for picture in pictures:
         per_image(picture)
     result = {"per-image (torchvision v2)": len(pictures) / (time.perf_counter() - start)}
     if small:
         data_args.batched_augmentation = True
-        batched: BatchedMultiCropAugmentation = cli.build_augmentation(data_args, model_args.patch_size)
+        batched: BatchedMultiCropAugmentation = builders.build_augmentation(data_args, model_args.patch_size)
         batch = torch.stack([torch.from_numpy(__import__("numpy").array(p)).permute(2, 0, 1) for p in pictures])
         batched(batch[:training_args.per_device_train_batch_size])  # warm-up
         start = time.perf_counter()

@@ -118,7 +118,7 @@ def run_row(config_name: str, features: dict[str, bool], steps: int, warmup: int
     from transformers import TrainerCallback
 
     from bench_pretraining import _images, _rss_mb
-    from pretraining import cli
+    from pretraining import builders, cli
     from pretraining.trainer import Dinov2PretrainingTrainer
 
     config = CONFIGS[config_name]
@@ -132,10 +132,10 @@ def run_row(config_name: str, features: dict[str, bool], steps: int, warmup: int
     batch = training_args.per_device_train_batch_size
     rss_after_imports = _rss_mb()
     torch.manual_seed(0)
-    model = cli.build_model(model_args, data_args)
+    model = builders.build_model(model_args, data_args)
     # Fashion-MNIST for the tiny preset, 256-px photos for the ViTs (bench_pretraining's names)
     images, data_name = _images("tiny" if config_name == "tiny" else "vits14", batch * (warmup + steps))
-    dataset, collator = cli.build_data(data_args, model.config.backbone_config.patch_size, training_args.seed,
+    dataset, collator = builders.build_data(data_args, model.config.backbone_config.patch_size, training_args.seed,
                                        images=images)
     step_ends = []
 

@@ -184,7 +184,8 @@ def curate(train, test, output_dir: Path, args, reuse: bool = False) -> object:
 # ----------------------------------------------------------------------------------------------------
 def tiny_backbone_config():
     """The ViT that `dinov2-pretrain --preset tiny` trains (its config, before there are weights)."""
-    from pretraining.cli import DataArguments, ModelArguments, backbone_config
+    from pretraining.builders import backbone_config
+    from pretraining.cli import DataArguments, ModelArguments
     from pretraining.presets import preset
 
     values = preset("tiny")

@@ -15,7 +15,8 @@ import torch
 
 from conftest import REPO_ROOT, run_python
 from test_auto_and_hub import BLOCK_PACKAGE  # blocks this package's imports in a subprocess
-from pretraining import cli
+from pretraining import builders, cli
+from pretraining.collate import MultiCropCollator
 from pretraining.fashion_mnist import FASHION_MNIST_DIR, FASHION_MNIST_INSTALL
 from pretraining.presets import OFFICIAL_EPOCH_LENGTH
 
@@ -58,7 +59,7 @@ def test_presets_carry_the_original_hyperparameters():
     assert (model.drop_path_rate, model.layerscale_value, model.dino_out_dim, model.ibot_separate_head) == (0.3, 1e-5, 65536, False)
     assert (data.global_crops_size, data.local_crops_size, data.local_crops_number) == (224, 98, 8)
     assert data.global_crops_scale == [0.32, 1.0] and data.local_crops_scale == [0.05, 0.32]
-    backbone = cli.backbone_config(model, data)
+    backbone = builders.backbone_config(model, data)
     assert (backbone.hidden_size, backbone.num_hidden_layers, backbone.num_attention_heads) == (384, 12, 6)
     assert (backbone.patch_size, backbone.image_size, backbone.interpolate_offset) == (14, 224, 0.1)
     assert training.disable_tqdm is False  # a progress bar
@@ -71,12 +72,12 @@ def test_presets_carry_the_original_hyperparameters():
     assert training.per_device_train_batch_size == 32
     _, model, _, training = cli.parse_args(["--preset", "vit_giant2", "--train_dir", "x"])
     assert training.per_device_train_batch_size == 12 and model.arch == "vit_giant2"
-    assert cli.backbone_config(model, _).hidden_size == 1536
+    assert builders.backbone_config(model, _).hidden_size == 1536
     # the command line wins over the preset
     _, _, _, training = cli.parse_args(["--preset", "vit_small", "--learning_rate", "1e-3", "--train_dir", "x"])
     assert training.learning_rate == 1e-3
     _, model, data, _ = cli.parse_args(["--preset", "vit_small", "--mlp_ratio", "2", "--train_dir", "x"])
-    assert cli.build_model(model, data).student.backbone.encoder.layer[0].mlp.fc1.out_features == 2 * 384
+    assert builders.build_model(model, data).student.backbone.encoder.layer[0].mlp.fc1.out_features == 2 * 384
 
 
 def test_attn_implementation_reaches_student_and_teacher_and_keeps_the_loss():
@@ -84,11 +85,11 @@ def test_attn_implementation_reaches_student_and_teacher_and_keeps_the_loss():
     for implementation in ("sdpa", "eager"):
         _, model_args, data_args, _ = cli.parse_args(["--preset", "tiny", "--attn_implementation", implementation])
         torch.manual_seed(0)
-        model = cli.build_model(model_args, data_args).train()
+        model = builders.build_model(model_args, data_args).train()
         layers = [layer for branch in (model.student, model.teacher) for layer in branch.backbone.encoder.layer]
         assert {layer.attention.config._attn_implementation for layer in layers} == {implementation}
-        augmentation = cli.build_augmentation(data_args, model_args.patch_size)
-        collator = cli.MultiCropCollator(patch_size=model_args.patch_size, global_crops_size=data_args.global_crops_size,
+        augmentation = builders.build_augmentation(data_args, model_args.patch_size)
+        collator = MultiCropCollator(patch_size=model_args.patch_size, global_crops_size=data_args.global_crops_size,
                                          batch_transform=augmentation if data_args.batched_augmentation else None,
                                          transform=None if data_args.batched_augmentation else augmentation, seed=0)
         images = [torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
@@ -206,9 +207,9 @@ def test_torch_compile_gives_the_eager_loss_and_gradients():
     # what `--torch_compile true` does (the Trainer compiles the whole model): same loss, same gradients
     _, model_args, data_args, _ = cli.parse_args(["--preset", "tiny", "--num_hidden_layers", "1", "--hidden_size", "32"])
     torch.manual_seed(0)
-    model = cli.build_model(model_args, data_args).train()
-    augmentation = cli.build_augmentation(data_args, model_args.patch_size)
-    collator = cli.MultiCropCollator(patch_size=model_args.patch_size, global_crops_size=data_args.global_crops_size,
+    model = builders.build_model(model_args, data_args).train()
+    augmentation = builders.build_augmentation(data_args, model_args.patch_size)
+    collator = MultiCropCollator(patch_size=model_args.patch_size, global_crops_size=data_args.global_crops_size,
                                      batch_transform=augmentation, seed=0)
     images = [torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
               for i in range(8)]
