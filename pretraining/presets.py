@@ -12,7 +12,7 @@
   local crops, for Fashion-MNIST-sized images on a CPU (2900 steps of batch 128, ~10.5 min on 2 cores with bf16
   instructions, ~30 min in fp32 without). Without --train_dir / --dataset_name it trains on the Fashion-MNIST
   train split (`TINY_DEFAULT_DATA`). Short-run choices, found by probing on Fashion-MNIST (what was tried is in
-  pretraining/README.md):
+  docs/results.md, "The tiny preset: the search"):
   LayerScale 1.0 (with 1e-5 the blocks barely move in a thousand steps and the teacher stays constant); a fast
   EMA, momentum 0.9 -> 0.99 (the original 0.992 -> 1 averages over more steps than the run has); a constant
   teacher temperature of 0.01 with Sinkhorn-Knopp (softmax centering oscillates between collapse and uniform
