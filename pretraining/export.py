@@ -45,8 +45,15 @@ def export_backbone(
     """
     if not isinstance(model, Dinov2ForSelfDistillation):
         model = Dinov2ForSelfDistillation.from_pretrained(model)
-    backbone = extract_backbone(model)
-    branch = "student EMA (distilled)" if model.config.distillation else "EMA teacher"
+    return write_backbone(extract_backbone(model), model.config.distillation, output_dir, recipe, repo_id,
+                          commit_message)
+
+
+def write_backbone(backbone: Dinov2Model, distilled: bool, output_dir: str | os.PathLike, recipe: dict | None = None,
+                   repo_id: str | None = None, commit_message: str = "Upload DINOv2 backbone pretrained with "
+                   "modeling_dinov2") -> Dinov2Model:
+    """Save an extracted backbone with its preprocessing config and model card; push it if `repo_id`."""
+    branch = "student EMA (distilled)" if distilled else "EMA teacher"
     sections = {
         "Training recipe": f"The {branch} backbone of a `Dinov2ForSelfDistillation` run "
         "(DINOv2 recipe: multi-crop, DINO + iBOT + KoLeo losses, EMA teacher), trained with "

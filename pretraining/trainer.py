@@ -477,19 +477,24 @@ class Dinov2PretrainingTrainer(Trainer):
     def export_backbone(self, output_dir: str, repo_id: str | None = None, extra_recipe: dict | None = None):
         """Save the teacher backbone (student EMA when distilling) as a `modeling_dinov2` checkpoint with a
         model card recording the recipe; push it to `repo_id` if given. Returns the exported `Dinov2Model`."""
-        from .export import export_backbone
+        from modeling_dinov2 import Dinov2Model
+
+        from .export import export_backbone, write_backbone
 
         recipe = recipe_from_trainer(self)
         recipe.update(extra_recipe or {})
         model = unwrap(self.model)
-        if self.is_fsdp_enabled:  # every rank takes part in gathering the shards; the main process exports
-            state_dict = full_state_dict(self.model)
-            if self.args.should_save:
-                model = Dinov2ForSelfDistillation(model.config)
-                model.load_state_dict(state_dict)
+        if not self.is_fsdp_enabled:
+            return export_backbone(model, output_dir, recipe=recipe, repo_id=repo_id) if self.args.should_save else None
+        # sharded: every rank takes part in gathering the shards; the main process builds only the exported backbone
+        state_dict = full_state_dict(self.model)
         if not self.args.should_save:
             return None
-        return export_backbone(model, output_dir, recipe=recipe, repo_id=repo_id)
+        branch = next(name for name, module in model.named_children() if module is model.exported_branch())
+        prefix = f"{branch}.backbone."
+        backbone = Dinov2Model(model.exported_branch().backbone.config)
+        backbone.load_state_dict({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+        return write_backbone(backbone.eval(), model.config.distillation, output_dir, recipe=recipe, repo_id=repo_id)
 
 
 def recipe_from_trainer(trainer: Dinov2PretrainingTrainer) -> dict:
