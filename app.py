@@ -18,16 +18,12 @@ from __future__ import annotations
 import argparse
 import functools
 import io
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the repository's examples, next to this file
-
-from examples.pca_features import pca_picture  # noqa: E402
+from evaluation.pca import pca_picture
 
 DEFAULT_MODEL = "outputs/demo/model"
 GALLERY_SIZE = 500
@@ -69,12 +65,12 @@ def gallery(model_name: str) -> tuple[list[Image.Image], torch.Tensor]:
 
 def gallery_images(count: int = GALLERY_SIZE) -> list[Image.Image]:
     try:
-        from examples.data import load_fashion_mnist_arrays
+        from evaluation.data import load_fashion_mnist_arrays
 
         items, _ = load_fashion_mnist_arrays("test")
         return [Image.fromarray(item).convert("RGB") for item in items[:count]]
     except (FileNotFoundError, OSError):
-        from examples.pca_features import package_photos
+        from evaluation.pca import package_photos
 
         return list(package_photos().values())
 

@@ -48,13 +48,13 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["modeling_dinov2*", "pretraining*", "curation*", "examples*"]),
+    packages=find_packages(include=["modeling_dinov2*", "pretraining*", "curation*", "evaluation*"]),
     install_requires=RUNTIME,
     extras_require={"dev": DEV, "tensorboard": TENSORBOARD, "app": APP},
     entry_points={
         "console_scripts": [
             "dinov2-convert=modeling_dinov2.convert:main",
-            "dinov2-demo=examples.demo:main",
+            "dinov2-demo=evaluation.demo:main",
             "dinov2-pretrain=pretraining.cli:main",
             "dinov2-curate=curation.cli:main",
         ]

@@ -39,7 +39,7 @@ from typing import Any, NamedTuple, Optional, Union
 import numpy as np
 from tqdm.auto import tqdm
 
-from modeling_dinov2.model_card import IMAGENET_MEAN, IMAGENET_STD
+from modeling_dinov2.preprocessing import EVAL_CROP, EVAL_RESIZE, IMAGENET_MEAN, IMAGENET_STD, default_resize_size
 
 from .distributed import Processes
 from .inputs import ImageSet
@@ -60,23 +60,20 @@ _UNUSABLE_REASONS = {
 }
 SHARD_DIR = "shards"
 
-# DINOv2's evaluation transform (resize the short side to 256, centre-crop 224, ImageNet statistics).
-DEFAULT_RESIZE, DEFAULT_CROP = 256, 224
-
 
 @dataclass(frozen=True)
 class Preprocessing:
     """Resize the short side to ``resize`` (bicubic, antialiased), centre-crop ``crop``, normalise."""
 
-    resize: int = DEFAULT_RESIZE
-    crop: int = DEFAULT_CROP
+    resize: int = EVAL_RESIZE
+    crop: int = EVAL_CROP
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
 
     @classmethod
     def for_image_size(cls, image_size: int, **kwargs) -> "Preprocessing":
         """DINOv2's 256/224 ratio at another crop size."""
-        return cls(resize=int(round(image_size * DEFAULT_RESIZE / DEFAULT_CROP)), crop=int(image_size), **kwargs)
+        return cls(resize=default_resize_size(image_size), crop=int(image_size), **kwargs)
 
     @classmethod
     def from_pretrained(cls, path: Union[str, os.PathLike]) -> Optional["Preprocessing"]:
@@ -86,23 +83,16 @@ class Preprocessing:
             return None
         cfg = json.loads(file.read_text())
         size = cfg.get("size", {})
-        resize = size.get("shortest_edge") or size.get("height") or DEFAULT_RESIZE
+        resize = size.get("shortest_edge") or size.get("height") or EVAL_RESIZE
         crop_size = cfg.get("crop_size", {}) if cfg.get("do_center_crop", True) else {}
         crop = crop_size.get("height") or resize
         return cls(int(resize), int(crop), tuple(cfg.get("image_mean", IMAGENET_MEAN)),
                    tuple(cfg.get("image_std", IMAGENET_STD)))
 
     def transform(self):
-        import torch
-        from torchvision.transforms import v2
+        from modeling_dinov2.preprocessing import eval_transform
 
-        return v2.Compose([
-            v2.ToImage(),
-            v2.Resize(self.resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.CenterCrop(self.crop),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(self.mean), list(self.std)),
-        ])
+        return eval_transform(self.crop, self.resize, mean=self.mean, std=self.std)
 
 
 class LoadedModel(NamedTuple):
@@ -141,7 +131,7 @@ def load_model(model: Any, *, image_size: Optional[int] = None) -> LoadedModel:
     """
     import torch
 
-    import modeling_dinov2  # noqa: F401  (registers the dinov2_ssl model type with AutoModel)
+    from modeling_dinov2.loading import load_backbone
 
     from .pixels import PIXELS, PixelThumbnails, parse_pixels_spec
 
@@ -153,15 +143,11 @@ def load_model(model: Any, *, image_size: Optional[int] = None) -> LoadedModel:
         return LoadedModel(module.eval(), f"{PIXELS}:{side}", Preprocessing(resize=size, crop=size), None, 0)
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
-        if not os.path.exists(path) and (os.path.isabs(path) or path.startswith((".", "~"))):
-            raise FileNotFoundError(f"{path} does not exist")  # a path, not a Hub id: do not ask the Hub
         if os.path.isfile(path) and path.endswith((".pt", ".pth", ".torchscript", ".jit")):
             module = torch.jit.load(path, map_location="cpu")
             name = f"torchscript:{os.path.abspath(path)}"
         else:
-            from transformers import AutoModel
-
-            module = AutoModel.from_pretrained(path)
+            module = load_backbone(path)
             name = path if not os.path.isdir(path) else os.path.abspath(path)
             if os.path.isdir(path):
                 preprocessing = Preprocessing.from_pretrained(path)

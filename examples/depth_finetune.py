@@ -10,7 +10,7 @@ do (a DPT head on the frozen backbone, Sec. 7): `transformers.DPTForDepthEstimat
 and the usual depth metrics on the test set: RMSE, absolute relative error and delta1 (share of pixels with
 max(pred / target, target / pred) < 1.25), next to the RMSE of predicting the mean training depth everywhere.
 
-The data is built offline by `examples.data.build_fashion_depth`: Fashion-MNIST items at known distances in
+The data is built offline by `evaluation.data.build_fashion_depth`: Fashion-MNIST items at known distances in
 front of scikit-image photos, an item's depth following from its apparent size. The input pipeline is the
 backbone folder's own image processor (its normalisation), resizing the whole image to --image_size.
 
@@ -24,7 +24,6 @@ Writes the model (`DPTForDepthEstimation`; `import modeling_dinov2` before loadi
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -35,10 +34,7 @@ import torch.nn.functional as F
 from transformers import EvalPrediction, HfArgumentParser, Trainer, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
-if __package__ in (None, ""):  # run as `python examples/depth_finetune.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from examples.data import build_fashion_depth  # noqa: E402
+from evaluation.data import build_fashion_depth
 
 SILOG_LAMBDA = 0.85  # the variance weight of the scale-invariant loss (Eigen et al. 2014; AdaBins, DINOv2)
 MIN_DEPTH = 1e-3  # predictions are clamped to this before the log

@@ -19,7 +19,6 @@ each epoch, log every 10 steps and save only the final model.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -29,13 +28,9 @@ import torch
 from transformers import EvalPrediction, HfArgumentParser, Trainer, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
-if __package__ in (None, ""):  # run as `python examples/finetune.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from examples.data import class_names  # noqa: E402
-from examples.features import (  # noqa: E402
-    DEFAULT_MODEL, DatasetArguments, default_resize_size, eval_transform, pil_to_uint8, train_transform,
-)
+from evaluation.data import class_names
+from evaluation.features import DEFAULT_MODEL, DatasetArguments, pil_to_uint8, train_transform
+from modeling_dinov2.preprocessing import default_resize_size, eval_transform
 
 DINOV2_MODEL_TYPES = ("dinov2_ssl", "dinov2", "dinov2_with_registers")
 

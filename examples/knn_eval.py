@@ -24,15 +24,11 @@ Python:
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-if __package__ in (None, ""):  # run as `python examples/knn_eval.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from modeling_dinov2.metrics.functional import (  # noqa: E402
+from modeling_dinov2.metrics.functional import (
     DEFAULT_KS, DEFAULT_TEMPERATURE, knn_classify,
 )
 
@@ -58,7 +54,7 @@ class KnnArguments:
 def main(argv: Sequence[str] | None = None) -> dict[int, dict[str, float]]:
     from transformers import HfArgumentParser
 
-    from examples.features import BackboneArguments, DatasetArguments, train_test_features
+    from evaluation.features import BackboneArguments, DatasetArguments, train_test_features
 
     parser = HfArgumentParser((BackboneArguments, DatasetArguments, KnnArguments), description=__doc__.split("\n\n")[0])
     backbone_args, data_args, knn_args = parser.parse_args_into_dataclasses(args=argv)

@@ -14,127 +14,21 @@ different objects get matching colours.
 from __future__ import annotations
 
 import argparse
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 
-if __package__ in (None, ""):  # run as `python examples/pca_features.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from examples.features import check_image_size, eval_transform, intermediate_layers, pil_to_uint8  # noqa: E402
+from evaluation.features import check_image_size
+from evaluation.pca import package_photos, patch_feature_maps, pca_picture, preprocess, read_images, save_pca_figure
+from modeling_dinov2 import Dinov2Config, Dinov2Model, load_backbone
 
 
-def package_photos() -> dict[str, Image.Image]:
-    """Real photos bundled with scikit-image (CC0 / public domain): no download needed."""
-    from skimage import data
-
-    return {name: Image.fromarray(getattr(data, name)()) for name in ("chelsea", "coffee", "astronaut", "rocket")}
-
-
-def load_backbone(model: str | None = None, preset: str = "vit_small", seed: int = 0, device: str | None = None):
-    """The backbone of a checkpoint (`examples.features.load_backbone`: this package's `Dinov2Model`, or stock
+def checkpoint_or_random_backbone(model: str | None = None, preset: str = "vit_small", seed: int = 0, device: str | None = None):
+    """The backbone of a checkpoint (`modeling_dinov2.load_backbone`: this package's `Dinov2Model`, or stock
     transformers' for its checkpoints) or, without `model`, a randomly initialised `modeling_dinov2` preset."""
-    from modeling_dinov2 import Dinov2Config, Dinov2Model
-
     if model:
-        from examples.features import load_backbone as load_checkpoint
-
-        return load_checkpoint(model, device or "cpu")
+        return load_backbone(model, device or "cpu")
     torch.manual_seed(seed)
     return Dinov2Model(Dinov2Config.from_preset(preset)).to(device or "cpu").eval()
-
-
-def read_images(paths: Sequence[str]) -> list[Image.Image]:
-    """The image files as RGB PIL images (transparency on white, palettes and grey converted); a file that
-    cannot be read raises a `ValueError` naming it."""
-    from modeling_dinov2.image_decoding import BadImageError, decode_image
-
-    images = []
-    for path in paths:
-        try:
-            images.append(decode_image(path, min_size=1))
-        except BadImageError as error:
-            raise ValueError(f"Cannot read the image {path}: {error}.") from None
-    return images
-
-
-def preprocess(images: Sequence[Image.Image], size: int) -> torch.Tensor:
-    """Resize the shorter side to `size`, centre-crop a square, normalise with ImageNet statistics ->
-    (B, 3, size, size)."""
-    transform = eval_transform(size, resize_size=size)
-    return torch.stack([transform(pil_to_uint8(image)).as_subclass(torch.Tensor) for image in images])
-
-
-@torch.no_grad()
-def patch_feature_maps(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Normalised patch tokens of the last block as (B, h, w, D) maps (any backbone `intermediate_layers`
-    takes: this package's or stock transformers')."""
-    patches, _ = intermediate_layers(model, pixel_values, n=1)[0]  # (B, h*w, D)
-    grid = pixel_values.shape[-1] // model.config.patch_size
-    return patches.reshape(len(pixel_values), -1, grid, patches.shape[-1]).float()
-
-
-def principal_components(features: torch.Tensor, k: int) -> torch.Tensor:
-    """Project (N, D) features on their first `k` principal axes -> (N, k)."""
-    centered = features - features.mean(0, keepdim=True)
-    _, _, vh = torch.linalg.svd(centered, full_matrices=False)  # rows of vh: principal axes
-    return centered @ vh[:k].T
-
-
-@dataclass
-class PCAPicture:
-    rgb: np.ndarray  # (B, h, w, 3) in [0, 1], background black
-    foreground: np.ndarray  # (B, h, w) bool
-
-
-def pca_picture(feature_maps: torch.Tensor, threshold: float = 0.0) -> PCAPicture:
-    """Foreground: patches whose first principal component is above `threshold` (0: the paper's "positive
-    value"); then RGB from a second PCA of the foreground patches, each channel min-max scaled.
-
-    The sign of a principal axis is arbitrary; it is chosen so that the image centres, where photographed
-    objects usually are, score high on the first component.
-    """
-    batch, height, width, dim = feature_maps.shape
-    features = feature_maps.reshape(-1, dim)  # (B*h*w, D)
-    first = principal_components(features, 1)[:, 0].reshape(batch, height, width)  # centred: mean 0
-    centre = first[:, height // 4 : height - height // 4, width // 4 : width - width // 4]
-    if centre.mean() < first.mean():
-        first = -first
-    foreground = first > threshold  # (B, h, w)
-    rgb = torch.zeros(batch, height, width, 3)
-    if foreground.sum() >= 3:
-        components = principal_components(features[foreground.reshape(-1)], 3)  # (n_fg, 3)
-        low, high = components.min(0).values, components.max(0).values
-        rgb[foreground] = (components - low) / (high - low + 1e-12)
-    return PCAPicture(rgb=rgb.numpy(), foreground=foreground.numpy())
-
-
-def save_pca_figure(images: Sequence[Image.Image], picture: PCAPicture, path: str, title: str = "") -> None:
-    """Photos in the top row, their PCA pictures below; written as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = len(images)
-    figure, axes = plt.subplots(2, columns, figsize=(3 * columns, 6), squeeze=False)
-    for i, image in enumerate(images):
-        side = min(image.size)
-        axes[0, i].imshow(image.convert("RGB").crop(((image.width - side) // 2, (image.height - side) // 2,
-                                                     (image.width + side) // 2, (image.height + side) // 2)))
-        axes[1, i].imshow(picture.rgb[i], interpolation="nearest")
-        for axis in axes[:, i]:
-            axis.set_axis_off()
-    if title:
-        figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     images = read_images(args.images) if args.images else list(package_photos().values())
-    model = load_backbone(args.model, args.preset, device=args.device)
+    model = checkpoint_or_random_backbone(args.model, args.preset, device=args.device)
     check_image_size(model, args.image_size)
     device = next(model.parameters()).device
     pixel_values = preprocess(images, args.image_size).to(device)

@@ -15,17 +15,13 @@ Queries come from --test_split (by index) or from image files; the gallery is --
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
-if __package__ in (None, ""):  # run as `python examples/retrieval.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from modeling_dinov2.metrics.functional import cosine_topk  # noqa: E402
+from modeling_dinov2.metrics.functional import cosine_topk
 
 
 def retrieve(query_features: torch.Tensor, gallery_features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,8 +87,8 @@ class RetrievalArguments:
 def main(argv: Sequence[str] | None = None) -> dict:
     from transformers import HfArgumentParser
 
-    from examples.data import class_names
-    from examples.features import BackboneArguments, DatasetArguments, extract_features
+    from evaluation.data import class_names
+    from evaluation.features import BackboneArguments, DatasetArguments, extract_features
 
     parser = HfArgumentParser((BackboneArguments, DatasetArguments, RetrievalArguments), description=__doc__.split("\n\n")[0])
     backbone_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)

@@ -6,7 +6,7 @@ blocks, concatenated) to class logits, which are bilinearly upsampled to the lab
 trained with cross-entropy, ignoring label 255. mIoU is the mean over classes of
 TP / (TP + FP + FN), from a confusion matrix over all test pixels.
 
-The data is built offline by `examples.data.build_fashion_segmentation`: Fashion-MNIST product photos
+The data is built offline by `evaluation.data.build_fashion_segmentation`: Fashion-MNIST product photos
 (test items for the test set) pasted onto random crops of scikit-image's bundled photos, with masks
 from the items' silhouettes (11 classes: background + the 10 Fashion-MNIST classes; the anti-aliased
 rims are 255 = ignore). Images are resized to --image_size (no crop); mIoU is measured at that size.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -34,13 +33,9 @@ from torch import nn
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-if __package__ in (None, ""):  # run as `python examples/segmentation_probe.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from examples.data import IGNORE_INDEX, SEGMENTATION_CLASSES, build_fashion_segmentation  # noqa: E402
-from examples.features import (  # noqa: E402
-    IMAGENET_MEAN, IMAGENET_STD, BackboneArguments, apply_to_batch, autocast, intermediate_layers, pil_to_uint8,
-)
+from evaluation.data import IGNORE_INDEX, SEGMENTATION_CLASSES, build_fashion_segmentation
+from evaluation.features import BackboneArguments, apply_to_batch, autocast, intermediate_layers, pil_to_uint8
+from modeling_dinov2.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 
 def segmentation_transform(image_size: int, mean: Sequence[float] = IMAGENET_MEAN,

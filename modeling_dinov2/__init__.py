@@ -7,7 +7,8 @@ Importing the package registers `Dinov2Config` and the models with `AutoConfig`,
 from transformers import AutoBackbone, AutoConfig, AutoModel, AutoModelForImageClassification
 
 from .configuration_dinov2 import MODEL_TYPE, PRESETS, Dinov2Config
-from .model_card import build_model_card, make_image_processor, write_model_card
+from .loading import load_backbone
+from .model_card import build_model_card, write_model_card
 from .modeling_dinov2 import (
     Dinov2Backbone,
     Dinov2ForImageClassification,
@@ -16,6 +17,7 @@ from .modeling_dinov2 import (
     Dinov2PreTrainedModel,
     interpolate_position_embeddings,
 )
+from .preprocessing import eval_transform, make_image_processor
 
 AutoConfig.register(MODEL_TYPE, Dinov2Config, exist_ok=True)
 AutoModel.register(Dinov2Config, Dinov2Model, exist_ok=True)
@@ -31,7 +33,9 @@ __all__ = [
     "Dinov2ModelOutput",
     "Dinov2PreTrainedModel",
     "build_model_card",
+    "eval_transform",
     "interpolate_position_embeddings",
+    "load_backbone",
     "make_image_processor",
     "write_model_card",
 ]

@@ -5,45 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-# DINOv2's evaluation transform (eval/knn.py, eval/linear.py): resize the shorter side to 256 (bicubic),
-# centre-crop 224, ImageNet mean/std. Written out in full: BitImageProcessor's own defaults differ.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the normalisation of every DINOv2 input, here and in training
-IMAGENET_STD = (0.229, 0.224, 0.225)
-EVAL_RESIZE = 256
-EVAL_CROP = 224
+from .preprocessing import EVAL_CROP, make_image_processor
 
 CARD_TAGS = ["dinov2", "vision", "self-supervised-learning", "image-feature-extraction", "modeling_dinov2"]
-
-
-def eval_crop_size(image_size: int) -> int:
-    """The evaluation crop of a model whose position table is `image_size` px: 224, as DINOv2 evaluates
-    (its released tables are 518 px), or the table's own size when smaller (a model trained on small images,
-    e.g. 28-px Fashion-MNIST, is evaluated at its training size, not interpolated up to 224)."""
-    return min(int(image_size), EVAL_CROP)
-
-
-def make_image_processor(crop_size: int = EVAL_CROP, resize_size: int | None = None):
-    """A `BitImageProcessor` equal to DINOv2's evaluation transform: shorter side to `resize_size` (bicubic;
-    default `round(crop_size * 256 / 224)`, i.e. 256 for 224), centre crop `crop_size`, ImageNet mean/std."""
-    from transformers import BitImageProcessor
-
-    if resize_size is None:
-        resize_size = round(crop_size * EVAL_RESIZE / EVAL_CROP)
-    if resize_size < crop_size:
-        raise ValueError(f"resize_size {resize_size} is smaller than the crop {crop_size}.")
-    return BitImageProcessor(
-        do_resize=True,
-        size={"shortest_edge": resize_size},
-        resample=3,  # PIL.Image.BICUBIC
-        do_center_crop=True,
-        crop_size={"height": crop_size, "width": crop_size},
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
-        do_convert_rgb=True,
-    )
 
 
 def write_preprocessor_config(directory: str | os.PathLike, overwrite: bool = False, crop_size: int = EVAL_CROP,

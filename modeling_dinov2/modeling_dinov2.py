@@ -28,7 +28,8 @@ from transformers.modeling_outputs import BackboneOutput, BaseModelOutputWithPoo
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .configuration_dinov2 import Dinov2Config
-from .model_card import eval_crop_size, write_model_card, write_preprocessor_config
+from .model_card import write_model_card, write_preprocessor_config
+from .preprocessing import eval_crop_size
 
 
 # ----------------------------------------------------------------------------------------------------

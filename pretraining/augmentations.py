@@ -18,7 +18,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
 from modeling_dinov2.image_decoding import to_rgb
-from modeling_dinov2.model_card import IMAGENET_MEAN, IMAGENET_STD
+from modeling_dinov2.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 
 # Gaussian-blur probabilities (global crop 1, global crop 2, local crops). DINOv2's `GaussianBlur`

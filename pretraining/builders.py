@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from modeling_dinov2 import PRESETS as ARCHITECTURES
 from modeling_dinov2 import Dinov2Config
+from modeling_dinov2.loading import check_checkpoint
 
 from .augmentations import MultiCropAugmentation
 from .batched_augmentations import BatchedMultiCropAugmentation, to_uint8_image
@@ -76,28 +77,12 @@ def set_efficiency_switches(model: Dinov2ForSelfDistillation, packed_forward: bo
 
 
 def check_checkpoint_path(option: str, path: str) -> None:
-    """A clear error for a --model_name_or_path / --distill_from that is neither a checkpoint folder nor a Hub
-    repo id (transformers would raise an OSError about Hub repo ids for a mistyped local path)."""
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ValueError(f"--{option} {path}: the folder holds no config.json; give a folder written by "
-                             "save_pretrained (e.g. <output_dir>/final or <output_dir>/backbone).")
-        return
-    if os.path.exists(path):
-        raise ValueError(f"--{option} {path} is a file; give the checkpoint's folder (the one with config.json).")
-    parts = path.split("/")
-    looks_like_repo_id = len(parts) <= 2 and all(parts) and not path.startswith((".", "~"))
-    if not looks_like_repo_id:
-        raise ValueError(f"--{option} {path}: no such folder.")
+    """`modeling_dinov2.loading.check_checkpoint` (asking the Hub too), its error naming the option: a mistyped
+    --model_name_or_path / --distill_from fails before the run starts."""
     try:
-        from huggingface_hub import file_exists
-
-        found = file_exists(path, "config.json")
-    except Exception as error:  # offline, no such repo, gated: say what the Hub said
-        raise ValueError(f"--{option} {path}: no such local folder, and the Hub cannot be asked about a repo of "
-                         f"that name ({type(error).__name__}: {str(error).splitlines()[0]}).") from None
-    if not found:
-        raise ValueError(f"--{option} {path}: no such local folder, and no Hub repo of that name with a config.json.")
+        check_checkpoint(path, ask_hub=True)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--{option} {error}") from None
 
 
 def _build_model(model_args: ModelArguments, data_args: DataArguments) -> Dinov2ForSelfDistillation:

@@ -114,7 +114,7 @@ def examples_tiny_stock_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def fashion_mnist_dir():
     """The Debian Fashion-MNIST folder; skips the test when the package is not installed."""
-    from examples.data import FASHION_MNIST_DIR, FASHION_MNIST_INSTALL
+    from evaluation.data import FASHION_MNIST_DIR, FASHION_MNIST_INSTALL
 
     if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"Fashion-MNIST is not installed at {FASHION_MNIST_DIR}; run: {FASHION_MNIST_INSTALL}")

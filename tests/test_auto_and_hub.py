@@ -21,7 +21,7 @@ BLOCK_PACKAGE = textwrap.dedent(
     import sys
     class _Block:
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("modeling_dinov2", "pretraining", "curation", "examples"):
+            if name.split(".")[0] in ("modeling_dinov2", "pretraining", "curation", "evaluation"):
                 raise ImportError(f"{name} is blocked in this test")
     sys.meta_path.insert(0, _Block())
     """

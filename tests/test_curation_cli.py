@@ -51,7 +51,7 @@ BAD_CONFIGS = {
     "unknown pooling": ("embedding: {model: 'pixels:8', pooling: max}\n",
                         "embedding.pooling must be one of 'cls', 'mean', 'cls+mean'; received 'max'"),
     "unknown model": ("embedding: {model: /no/such/model}\n",
-                      "embedding.model: cannot load '/no/such/model' (/no/such/model does not exist); it must be a "
+                      "embedding.model: cannot load '/no/such/model' (/no/such/model: no such folder); it must be a "
                       "checkpoint folder, a Hub id, a TorchScript file or 'pixels:N'"),
     "missing eval folder": ("eval_sets: {test: /no/such/folder}\n",
                             "eval_sets: test: /no/such/folder does not exist"),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from examples.data import build_fashion_depth, compose_depth_sample
+from evaluation.data import build_fashion_depth, compose_depth_sample
 from examples.depth_finetune import default_out_indices, depth_metrics, main, silog_loss
 from modeling_dinov2 import Dinov2Config, Dinov2Model
 

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForImageClassification, EvalPrediction
 
 import modeling_dinov2
-from examples.data import FASHION_MNIST_CLASSES, load_fashion_mnist
+from evaluation.data import FASHION_MNIST_CLASSES, load_fashion_mnist
 from examples.finetune import compute_metrics, load_classifier, main
 
 

@@ -1,4 +1,4 @@
-"""examples/linear_probe.py: classifier inputs, the jointly trained lr sweep, model selection, the script."""
+"""evaluation/linear_probe.py and examples/linear_probe.py: classifier inputs, the jointly trained lr sweep, model selection, the script."""
 
 import json
 import math
@@ -6,11 +6,12 @@ import math
 import pytest
 import torch
 
-from examples.features import Features
-from examples.linear_probe import (
-    classifier_accuracy, feature_statistics, fold_standardization, linear_probe, linear_probe_grid, main,
-    probe_inputs, split_train_val, train_linear_classifiers,
+from evaluation.features import Features
+from evaluation.linear_probe import (
+    classifier_accuracy, feature_statistics, fold_standardization, linear_probe, linear_probe_grid, probe_inputs,
+    split_train_val, train_linear_classifiers,
 )
+from examples.linear_probe import main
 
 
 def gaussian_blobs(num_per_class: int, seed: int, num_classes: int = 3, dim: int = 8, spread: float = 0.3):

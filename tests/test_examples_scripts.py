@@ -22,7 +22,7 @@ def test_help(name, capsys):
 
 
 def test_demo_help(capsys):
-    from examples import demo
+    from evaluation import demo
 
     with pytest.raises(SystemExit) as exit_info:
         demo.main(["--help"])
@@ -32,13 +32,20 @@ def test_demo_help(capsys):
 
 @pytest.mark.parametrize("name, option", [("knn_eval", "--temperature"), ("pca_features", "--threshold")])
 def test_script_runs_by_path(tmp_path, name, option):
-    # `python examples/<name>.py` from elsewhere, without the package on sys.path
+    # `python examples/<name>.py` from elsewhere: the scripts import the installed package, no sys.path edits
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "examples" / f"{name}.py"), "--help"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert option in result.stdout
+
+
+def test_examples_is_not_an_installed_package(tmp_path):
+    # a top-level `examples` package would collide with every other project's; `evaluation` is the installed home
+    code = "import importlib.util as u; print(u.find_spec('examples'), u.find_spec('evaluation.demo') is not None)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["None", "True"], result.stderr
 
 
 def test_hub_model_id_when_online(hub_server, fashion_mnist_dir, examples_tiny_stock_model_dir):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from examples.data import SEGMENTATION_CLASSES, build_fashion_segmentation
+from evaluation.data import SEGMENTATION_CLASSES, build_fashion_segmentation
 from examples.segmentation_probe import (
     evaluate_segmentation, main, predict_masks, resize_masks, train_segmentation_head,
 )

@@ -65,7 +65,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(cpu, tmp_path):
 
 
 def test_examples_autocast_warns_only_where_bf16_is_emulated(cpu):
-    from examples.features import autocast
+    from evaluation.features import autocast
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

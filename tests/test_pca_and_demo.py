@@ -8,7 +8,8 @@ import pytest
 import torch
 import transformers
 
-from examples import demo, pca_features
+from evaluation import demo, pca
+from examples import pca_features
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -27,7 +28,7 @@ def planted_feature_maps() -> torch.Tensor:
 
 
 def test_pca_picture_finds_the_planted_object_and_its_parts():
-    picture = pca_features.pca_picture(planted_feature_maps())
+    picture = pca.pca_picture(planted_feature_maps())
     expected = np.zeros((2, 8, 8), dtype=bool)
     expected[:, 2:6, 2:6] = True
     np.testing.assert_array_equal(picture.foreground, expected)
@@ -58,12 +59,12 @@ def test_pca_reads_any_image_mode_as_rgb_and_names_a_broken_file(tmp_path):
     Image.new("RGBA", (4, 4), (255, 0, 0, 255)).save(tmp_path / "rgba.png")
     Image.new("LA", (4, 4), (0, 0)).save(tmp_path / "transparent.png")  # fully transparent: white
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
-    images = pca_features.read_images([str(tmp_path / n) for n in ("palette.png", "rgba.png", "transparent.png")])
+    images = pca.read_images([str(tmp_path / n) for n in ("palette.png", "rgba.png", "transparent.png")])
     assert [np.asarray(i)[0, 0].tolist() for i in images] == [[255, 0, 0], [255, 0, 0], [255, 255, 255]]
-    pixels = pca_features.preprocess(images[:1], 4)  # red after ImageNet normalisation, not grey palette indices
+    pixels = pca.preprocess(images[:1], 4)  # red after ImageNet normalisation, not grey palette indices
     assert torch.allclose(pixels[0, :, 0, 0], (torch.tensor([1.0, 0.0, 0.0]) - MEAN[:, 0, 0]) / STD[:, 0, 0], atol=1e-4)
     with pytest.raises(ValueError, match="broken.jpg"):
-        pca_features.read_images([str(tmp_path / "broken.jpg")])
+        pca.read_images([str(tmp_path / "broken.jpg")])
 
 
 def test_demo_rejects_bad_limits(tmp_path):
@@ -72,8 +73,8 @@ def test_demo_rejects_bad_limits(tmp_path):
 
 
 def test_fast_demo_features_equal_the_example_feature_extractor(fashion_mnist_dir):
-    from examples.data import load_fashion_mnist
-    from examples.features import eval_transform, extract_features
+    from evaluation.data import load_fashion_mnist
+    from evaluation.features import eval_transform, extract_features
     from modeling_dinov2 import Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
@@ -119,7 +120,7 @@ def test_demo_runs_end_to_end_at_toy_size(fashion_mnist_dir, tmp_path, capsys, m
         assert (model_dir / name).is_file(), name
     # AutoImageProcessor reproduces the evaluation input: the 28-px images as they are
     processor = transformers.AutoImageProcessor.from_pretrained(model_dir)
-    from examples.data import load_fashion_mnist
+    from evaluation.data import load_fashion_mnist
 
     image = load_fashion_mnist("test", limit=1)[0]["image"]
     pixel_values = processor(images=image, return_tensors="pt")["pixel_values"]

@@ -1,4 +1,4 @@
-"""examples/features.py: preprocessing against BitImageProcessor, stock vs modeling_dinov2 features,
+"""evaluation/features.py and modeling_dinov2.preprocessing: preprocessing against BitImageProcessor, stock vs modeling_dinov2 features,
 and `extract_features` against a plain forward pass."""
 
 import numpy as np
@@ -8,11 +8,11 @@ import torch
 from PIL import Image
 
 import modeling_dinov2
-from modeling_dinov2.model_card import IMAGENET_MEAN, IMAGENET_STD
-from examples.features import (
-    apply_to_batch, check_image_size, eval_transform, extract_features, intermediate_layers, load_backbone,
-    pil_to_uint8, pixel_features,
+from evaluation.features import (
+    apply_to_batch, check_image_size, extract_features, intermediate_layers, pil_to_uint8, pixel_features,
 )
+from modeling_dinov2 import load_backbone
+from modeling_dinov2.preprocessing import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
 
 @pytest.mark.parametrize("image", [
@@ -92,8 +92,13 @@ def test_load_backbone_takes_the_backbone_of_a_classifier(tmp_path):
 
 
 def test_backbone_errors(examples_tiny_model_dir, tmp_path):
-    with pytest.raises(FileNotFoundError, match="No checkpoint folder"):
-        load_backbone(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="missing: no such folder"):
+        load_backbone(str(tmp_path / "missing"))  # a path, not asked of the Hub
+    with pytest.raises(ValueError, match="the folder holds no config.json"):
+        load_backbone(str(tmp_path))
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="is a file; give the checkpoint's folder"):
+        load_backbone(str(tmp_path / "weights.safetensors"))
     with pytest.raises(ValueError, match="multiple of the patch size 14; use e.g. 28"):
         check_image_size(load_backbone(examples_tiny_model_dir, "cpu"), 30)
 
@@ -121,7 +126,7 @@ def test_the_evaluation_input_is_the_model_folders_processor(tmp_path):
     import torch
     from PIL import Image
 
-    from examples.features import BackboneArguments
+    from evaluation.features import BackboneArguments
     from modeling_dinov2 import Dinov2Config, Dinov2Model
     from modeling_dinov2.model_card import write_preprocessor_config
 

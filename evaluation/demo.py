@@ -120,7 +120,7 @@ def install_fashion_mnist() -> bool:
 
 def load_data(train_limit: int | None, test_limit: int | None):
     """(train, test) `datasets.Dataset`s with `image` and `label` columns."""
-    from examples.data import FASHION_MNIST_DIR, FASHION_MNIST_INSTALL, load_fashion_mnist
+    from .data import FASHION_MNIST_DIR, FASHION_MNIST_INSTALL, load_fashion_mnist
 
     if not (FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").is_file() and install_fashion_mnist():
         log("data", "installed the Debian package dataset-fashion-mnist")
@@ -300,7 +300,7 @@ def evaluate(name: str, train_features, test_features, seed: int) -> dict:
     """k-NN (k = 10, 20, 100, 200) on the last CLS and the linear probe grid of DINOv2's protocol (last 1 or 4
     blocks' CLS, with or without the mean patch token, lr sweep; chosen on 10% of the train split): test top-1."""
     from modeling_dinov2.metrics.functional import knn_classify
-    from examples.linear_probe import linear_probe_grid, split_train_val
+    from .linear_probe import linear_probe_grid, split_train_val
 
     knn = knn_classify(train_features.cls, train_features.labels, test_features.cls, test_features.labels,
                        ks=(10, 20, 100, 200), T=0.07)
@@ -323,14 +323,14 @@ def as_uint8_images(dataset) -> torch.Tensor:
 @torch.inference_mode()
 def backbone_features(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024, n_last_blocks: int = 4):
     """Frozen features (normed CLS of the last `n_last_blocks` blocks, mean patch token of the last) of (N, H, W)
-    uint8 images at their own size: the same values as `examples.features.extract_features` with
+    uint8 images at their own size: the same values as `evaluation.features.extract_features` with
     `eval_transform(H, resize_size=H)` (grey -> RGB, ImageNet normalisation), without decoding and
     transforming image by image. Under bf16 autocast where the CPU computes bf16 natively, else in fp32."""
     from tqdm.auto import tqdm
 
-    from examples.features import Features, autocast
+    from .features import Features, autocast
     from modeling_dinov2.hardware import cpu_supports_bf16
-    from modeling_dinov2.model_card import IMAGENET_MEAN, IMAGENET_STD
+    from modeling_dinov2.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     cls, patch_mean = [], []
@@ -391,8 +391,8 @@ def write_model_folder(backbone_dir: Path, model_dir: Path, results: dict, curat
 
 def pca_figure(model, test, image_size: int, path: Path) -> None:
     """PCA picture of the patch features of test images, upsampled 4x so that patches are visible."""
-    from examples.pca_features import pca_picture, save_pca_figure
-    from examples.features import eval_transform
+    from .pca import pca_picture, save_pca_figure
+    from modeling_dinov2.preprocessing import eval_transform
 
     images = [test[i]["image"].resize((image_size * 4, image_size * 4)) for i in range(min(8, len(test)))]
     transform = eval_transform(image_size * 4, resize_size=image_size * 4)
@@ -403,7 +403,7 @@ def pca_figure(model, test, image_size: int, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from examples.features import pixel_features
+    from .features import pixel_features
     from modeling_dinov2 import Dinov2Model
 
     if args.time_budget < 0:
@@ -411,7 +411,7 @@ def run(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from examples.data import check_limit
+    from .data import check_limit
 
     try:
         check_limit(args.train_limit, "--train-limit")

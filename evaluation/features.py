@@ -1,9 +1,8 @@
-"""Frozen-backbone feature extraction shared by the examples.
+"""Frozen-backbone feature extraction shared by the examples and the demo.
 
-- `processor_transform`: a model's evaluation input as its saved image processor defines it (for this
-  package's folders DINOv2's: resize 256 bicubic, centre-crop 224, ImageNet mean/std, or what the folder was
-  evaluated with), as a batched torchvision pipeline; `eval_transform`: DINOv2's, for a given size.
-- `load_backbone`: any `modeling_dinov2` or stock transformers DINOv2 checkpoint (folder or Hub id).
+The evaluation transform (`eval_transform`, `processor_transform`) is in `modeling_dinov2.preprocessing`,
+loading a checkpoint (`load_backbone`) in `modeling_dinov2.loading`.
+- `load_processor`: the image processor saved with a model (folder or Hub id).
 - `intermediate_layers`: normalised (patch tokens, CLS) of the last n blocks, for `modeling_dinov2` models
   (`get_intermediate_layers`) and for stock transformers models (`output_hidden_states` + final LayerNorm).
 - `extract_features`: runs a dataset through the backbone (with a progress bar) and returns the CLS tokens
@@ -14,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -25,7 +23,10 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from modeling_dinov2.hardware import cpu_supports_bf16
-from modeling_dinov2.model_card import EVAL_CROP, EVAL_RESIZE, IMAGENET_MEAN, IMAGENET_STD
+from modeling_dinov2.loading import load_backbone
+from modeling_dinov2.preprocessing import (
+    EVAL_CROP, EVAL_RESIZE, IMAGENET_MEAN, IMAGENET_STD, eval_transform, processor_transform,
+)
 
 DEFAULT_MODEL = "facebook/dinov2-small"
 
@@ -33,61 +34,12 @@ DEFAULT_MODEL = "facebook/dinov2-small"
 # ----------------------------------------------------------------------------------------------------
 # Preprocessing
 # ----------------------------------------------------------------------------------------------------
-def default_resize_size(image_size: int) -> int:
-    """The eval transform's resize side for a crop of `image_size`: 256 for 224, same ratio otherwise."""
-    return int(round(image_size * EVAL_RESIZE / EVAL_CROP))
-
-
-def eval_transform(image_size: int = EVAL_CROP, resize_size: int | None = None) -> v2.Compose:
-    """DINOv2's k-NN / linear-eval preprocessing: image -> normalised (3, image_size, image_size) float tensor.
-
-    Resize the shorter side to `resize_size` (default `default_resize_size(image_size)`, i.e. 256 for 224)
-    with bicubic interpolation, centre-crop `image_size`, scale to [0, 1], normalise with ImageNet mean/std.
-    Grey images become RGB. Pass `resize_size=image_size` to keep the whole image (e.g. 28-px Fashion-MNIST
-    at 28 px). Accepts a PIL image, a uint8 (C, H, W) tensor or a (B, C, H, W) batch of them.
-    """
-    resize_size = default_resize_size(image_size) if resize_size is None else resize_size
-    if resize_size < image_size:
-        raise ValueError(f"resize_size ({resize_size}) must be >= image_size ({image_size}).")
-    return v2.Compose([
-        v2.ToImage(),
-        v2.RGB(),
-        v2.Resize(resize_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.CenterCrop(image_size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-
-
-PIL_TO_TORCHVISION = {0: v2.InterpolationMode.NEAREST, 2: v2.InterpolationMode.BILINEAR, 3: v2.InterpolationMode.BICUBIC}
-
-
 def load_processor(name_or_path: str):
     """The image processor saved with a model (folder or Hub id): its evaluation input."""
     import modeling_dinov2  # noqa: F401  (registers the dinov2_ssl Auto classes)
     from transformers import AutoImageProcessor
 
     return AutoImageProcessor.from_pretrained(name_or_path)
-
-
-def processor_transform(processor, image_size: int | None = None, resize_size: int | None = None) -> v2.Compose:
-    """The evaluation transform a model's image processor defines (resize of the shorter side, centre crop,
-    resampling, mean / std), as a torchvision pipeline that also takes uint8 batches. `image_size` replaces its
-    crop (the resize then defaults to `default_resize_size(image_size)`), `resize_size` its resize side."""
-    crop = image_size or processor.crop_size["height"]
-    if resize_size is None:
-        resize_size = processor.size["shortest_edge"] if image_size is None else default_resize_size(image_size)
-    if resize_size < crop:
-        raise ValueError(f"resize_size ({resize_size}) must be >= image_size ({crop}).")
-    interpolation = PIL_TO_TORCHVISION.get(int(processor.resample), v2.InterpolationMode.BICUBIC)
-    return v2.Compose([
-        v2.ToImage(),
-        v2.RGB(),
-        v2.Resize(resize_size, interpolation=interpolation, antialias=True),
-        v2.CenterCrop(crop),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(processor.image_mean), list(processor.image_std)),
-    ])
 
 
 def train_transform(image_size: int = EVAL_CROP, scale: tuple[float, float] = (0.08, 1.0)) -> v2.Compose:
@@ -131,29 +83,6 @@ def apply_to_batch(transform: Callable, images: list[torch.Tensor]) -> torch.Ten
 # ----------------------------------------------------------------------------------------------------
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_backbone(name_or_path: str, device: str | torch.device | None = None, **kwargs) -> nn.Module:
-    """`AutoModel.from_pretrained(name_or_path)` in eval mode, after registering `modeling_dinov2`.
-
-    Works for `modeling_dinov2` folders (also fine-tuned classification ones: the backbone is taken),
-    for transformers' `dinov2` / `dinov2_with_registers` checkpoints (e.g. `facebook/dinov2-small`, which
-    load as transformers' own classes) and for the Hub when online. Fails with a message naming the
-    offline alternatives when the checkpoint cannot be found.
-    """
-    import modeling_dinov2  # noqa: F401  (registers the dinov2_ssl Auto classes)
-    from transformers import AutoModel
-
-    if str(name_or_path).startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(name_or_path)):
-        raise FileNotFoundError(f"No checkpoint folder at {name_or_path!r}.")
-    try:
-        model = AutoModel.from_pretrained(name_or_path, **kwargs)
-    except OSError as error:
-        raise OSError(
-            f"Could not load the checkpoint {name_or_path!r}: {error}\nWithout network access pass a local folder "
-            "(written by `save_pretrained`, `dinov2-pretrain` or `dinov2-convert`)."
-        ) from error
-    return model.to(device or default_device()).eval()
 
 
 def num_prefix_tokens(model: nn.Module) -> int:
@@ -365,7 +294,7 @@ class BackboneArguments:
         return processor_transform(self.processor(), self.image_size, self.resize_size)
 
     def load(self) -> nn.Module:
-        model = load_backbone(self.model, self.device)
+        model = load_backbone(self.model, self.device or default_device())
         check_image_size(model, self.crop_size())
         return model
 
@@ -386,7 +315,7 @@ class DatasetArguments:
     label_column: str = field(default="label", metadata={"help": "Label column of the dataset."})
 
     def load(self, split: str, limit: int | None, label_names: list[str] | None = None):
-        from examples.data import check_limit, load_image_dataset
+        from .data import check_limit, load_image_dataset
 
         check_limit(self.train_limit, "--train_limit")
         check_limit(self.test_limit, "--test_limit")
@@ -394,7 +323,7 @@ class DatasetArguments:
 
     def load_splits(self):
         """(train, test) datasets; the test labels are encoded with the training split's classes."""
-        from examples.data import class_names
+        from .data import class_names
 
         train = self.load(self.train_split, self.train_limit)
         return train, self.load(self.test_split, self.test_limit, label_names=class_names(train))

@@ -1,9 +1,9 @@
-"""examples/data.py: the Fashion-MNIST loader and the composed segmentation set."""
+"""evaluation/data.py: the Fashion-MNIST loader and the composed segmentation set."""
 
 import numpy as np
 import pytest
 
-from examples.data import (
+from evaluation.data import (
     FASHION_MNIST_CLASSES, IGNORE_INDEX, build_fashion_segmentation, compose_segmentation_sample, encode_labels,
     load_fashion_mnist, load_fashion_mnist_arrays, load_image_dataset,
 )
