@@ -38,7 +38,6 @@ def main() -> None:
                         help="default: bf16 where this machine computes it natively, else fp32")
     args = parser.parse_args()
     if args.precision is None:
-        sys.path.insert(0, os.path.dirname(HERE))
         from modeling_dinov2.hardware import bf16_is_native
 
         args.precision = "bf16" if bf16_is_native("cpu") else "fp32"

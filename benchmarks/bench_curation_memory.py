@@ -41,13 +41,9 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
-sys.path.insert(0, HERE)
 
 STEP_CODE = r"""
 import json, resource, sys, time
-sys.path[:0] = {paths!r}
 import numpy as np
 from curation.store import ArrowEmbeddings
 store = ArrowEmbeddings({files!r})
@@ -102,9 +98,8 @@ def main(argv=None) -> None:
         del x
         print(f"N={args.n} d={args.dim}: float32 matrix {matrix_mb:.0f} MB, float16 Arrow shards "
               f"{sum(os.path.getsize(f) for f in files) / 2**20:.0f} MB (written in {time.perf_counter() - t0:.0f} s)")
-        paths = [os.path.join(HERE, "..")]
         for step in args.steps.split(","):
-            code = STEP_CODE.format(paths=paths, files=files, step=step)
+            code = STEP_CODE.format(files=files, step=step)
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"  {step:<7} {r['seconds']:7.1f} s   peak RSS {r['peak_mb']:7.0f} MB "

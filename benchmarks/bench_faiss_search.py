@@ -80,14 +80,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 import time
 from typing import Optional
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from curation.dedup import drop_self_matches, knn_graph  # noqa: E402
 from curation.index import build_index, import_faiss  # noqa: E402

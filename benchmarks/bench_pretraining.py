@@ -94,7 +94,6 @@ def run_one(config_name: str, precision: str, mode: str, steps: int, warmup: int
             workers: int | None) -> dict:
     """Runs inside the child process: build, train `warmup + steps` steps, report. With the environment
     variable DINOV2_BENCH_MALLOC=reuse, `reuse_freed_memory()` first (`benchmarks/bench_allocator.py`)."""
-    sys.path.insert(0, REPO)
     malloc = os.environ.get("DINOV2_BENCH_MALLOC", "default")
     if malloc == "reuse":
         from modeling_dinov2.hardware import reuse_freed_memory
@@ -162,7 +161,6 @@ def run_one(config_name: str, precision: str, mode: str, steps: int, warmup: int
 
 def augmentation_speed(config_name: str, threads: int, images: int = 256) -> dict[str, float]:
     """images/s of the per-image and (tiny only) the batched augmentation of the preset, in this process."""
-    sys.path.insert(0, REPO)
     import torch
 
     from pretraining import builders, cli

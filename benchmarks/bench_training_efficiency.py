@@ -38,7 +38,6 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 CONFIGS = {  # batch None: the preset's
     "vits14": dict(preset="vit_small", label="ViT-S/14", steps=3, batch=8),
@@ -109,7 +108,6 @@ def gemm_peak(dtype_name: str, size: int = 2048, repeats: int = 10) -> float:
 
 def run_row(config_name: str, features: dict[str, bool], steps: int, warmup: int, batch: int) -> dict:
     """Inside the child process: train `warmup + steps` steps with these features; time, memory and FLOPs."""
-    sys.path.insert(0, REPO)
     from modeling_dinov2.hardware import reuse_freed_memory
 
     reuse_freed_memory()  # as dinov2-pretrain does
@@ -185,7 +183,6 @@ def main() -> None:
         print("RESULT " + json.dumps(run_row(config_name, features, args.steps, args.warmup, args.batch)))
         return
 
-    sys.path.insert(0, REPO)
     from modeling_dinov2.hardware import bf16_is_native
 
     bf16_available = bf16_is_native()

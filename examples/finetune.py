@@ -20,7 +20,6 @@ each epoch, log every 10 steps and save only the final model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
