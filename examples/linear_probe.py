@@ -1,18 +1,8 @@
 """Linear probe on frozen DINOv2 features, after the official protocol (dinov2/eval/linear.py).
 
-The backbone is frozen and run once. Classifier inputs are the CLS tokens of the last n blocks
-(concatenated), optionally with the mean patch token of the last block ("avgpool"), for n in {1, 4}.
-For each input a sweep of linear classifiers, one per learning rate, is trained jointly: init N(0, 0.01),
-bias 0, SGD with momentum 0.9 and no weight decay, lr scaled by batch_size / 256, cosine decay to 0.
-The best (input, lr) is chosen on a validation split held out from the training images, and its
-accuracy on the test split is reported.
-
-Differences from the original, for CPU budgets: features are extracted once with the eval transform
-(no RandomResizedCrop/flip augmentation while training the classifier), and training runs a few epochs
-over the features instead of 12,500 iterations; the default lr grid therefore reaches higher. To converge
-in those few epochs, the features are standardized with the training split's per-dimension mean and
-standard deviation (as MAE's BatchNorm without affine before its linear probe); that map is folded into the
-returned classifier, which therefore takes the raw features and is still one linear layer.
+Classifier inputs are the CLS tokens of the last n blocks, with or without the mean patch token; a sweep of
+learning rates is trained jointly on the frozen features and the best is chosen on a held-out validation split.
+The protocol and how it differs from the original's are in `evaluation/linear_probe.py`.
 
 Usage:
     python examples/linear_probe.py --model facebook/dinov2-small              # online

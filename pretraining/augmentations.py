@@ -72,14 +72,9 @@ def check_crop_settings(
         )
 
 
-class MultiCropAugmentation:
-    """DINOv2 multi-crop augmentation with ``torchvision.transforms.v2``.
-
-    Per crop, in order: ``RandomResizedCrop`` (bicubic, ratio 3/4-4/3) -> horizontal flip (p 0.5) ->
-    colour jitter 0.4/0.4/0.2/0.1 (p 0.8) -> grayscale (p 0.2) -> Gaussian blur (kernel 9,
-    sigma U(0.1, 2)) -> [solarize (threshold 128, p 0.2), global crop 2 only] -> float in [0, 1] ->
-    ImageNet normalisation. Images of any PIL mode (e.g. 28-px greyscale Fashion-MNIST) are converted
-    to RGB first; uint8 ``(C, H, W)`` tensors with 1 or 3 channels are accepted too.
+class MultiCropSettings:
+    """The multi-crop recipe's settings, checked once: the per-image (`MultiCropAugmentation`) and the batched
+    (`pretraining.batched_augmentations.BatchedMultiCropAugmentation`) augmentations take the same ones.
 
     Args:
         global_crops_size: Side of the global crops (224).
@@ -117,13 +112,34 @@ class MultiCropAugmentation:
     ):
         check_crop_settings(global_crops_size, local_crops_size, n_local_crops, global_crops_scale, local_crops_scale,
                             blur_kernel_size)
-
+        check_probabilities(colour_jitter=colour_jitter_probability, solarize=solarize_probability)
         self.global_crops_size = global_crops_size
         self.local_crops_size = local_crops_size
         self.n_local_crops = n_local_crops
+        self.global_crops_scale = tuple(global_crops_scale)
+        self.local_crops_scale = tuple(local_crops_scale)
         self.original_blur_bug = original_blur_bug
         self.blur_probabilities = resolve_blur_probabilities(original_blur_bug, blur_probabilities)
-        check_probabilities(colour_jitter=colour_jitter_probability, solarize=solarize_probability)
+        self.blur_kernel_size = blur_kernel_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.colour_jitter_probability = colour_jitter_probability
+        self.solarize_probability = solarize_probability
+
+
+class MultiCropAugmentation(MultiCropSettings):
+    """DINOv2 multi-crop augmentation with ``torchvision.transforms.v2``.
+
+    Per crop, in order: ``RandomResizedCrop`` (bicubic, ratio 3/4-4/3) -> horizontal flip (p 0.5) ->
+    colour jitter 0.4/0.4/0.2/0.1 (p 0.8) -> grayscale (p 0.2) -> Gaussian blur (kernel 9,
+    sigma U(0.1, 2)) -> [solarize (threshold 128, p 0.2), global crop 2 only] -> float in [0, 1] ->
+    ImageNet normalisation. Images of any PIL mode (e.g. 28-px greyscale Fashion-MNIST) are converted
+    to RGB first; uint8 ``(C, H, W)`` tensors with 1 or 3 channels are accepted too.
+
+    Args: see :class:`MultiCropSettings`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         blur_global1, blur_global2, blur_local = self.blur_probabilities
 
         def crop_and_flip(size: int, scale: tuple[float, float]) -> list:
@@ -134,25 +150,24 @@ class MultiCropAugmentation:
 
         colour = [
             v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)],
-                           p=colour_jitter_probability),
+                           p=self.colour_jitter_probability),
             v2.RandomGrayscale(p=0.2),
         ]
 
         def blur(p: float) -> list:
-            return [v2.RandomApply([v2.GaussianBlur(blur_kernel_size, sigma=(0.1, 2.0))], p=p)]
+            return [v2.RandomApply([v2.GaussianBlur(self.blur_kernel_size, sigma=(0.1, 2.0))], p=p)]
 
         # Solarize needs uint8 values (threshold 128), so conversion to float happens last.
-        to_normalized_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+        to_normalized_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
 
-        global_geometry = crop_and_flip(global_crops_size, global_crops_scale)
+        global_geometry = crop_and_flip(self.global_crops_size, self.global_crops_scale)
         self.global_transform_1 = v2.Compose(global_geometry + colour + blur(blur_global1) + to_normalized_float)
-        solarize = [v2.RandomSolarize(threshold=128, p=solarize_probability)]
+        solarize = [v2.RandomSolarize(threshold=128, p=self.solarize_probability)]
         self.global_transform_2 = v2.Compose(
             global_geometry + colour + blur(blur_global2) + solarize + to_normalized_float
         )
-        self.local_transform = v2.Compose(
-            crop_and_flip(local_crops_size, local_crops_scale) + colour + blur(blur_local) + to_normalized_float
-        )
+        local_geometry = crop_and_flip(self.local_crops_size, self.local_crops_scale)
+        self.local_transform = v2.Compose(local_geometry + colour + blur(blur_local) + to_normalized_float)
 
     @staticmethod
     def _to_rgb(image):

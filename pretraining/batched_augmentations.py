@@ -38,15 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.ops import roi_align
 
-from .augmentations import (
-    COLOUR_JITTER_PROBABILITY,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SOLARIZE_PROBABILITY,
-    check_crop_settings,
-    check_probabilities,
-    resolve_blur_probabilities,
-)
+from .augmentations import MultiCropSettings
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0.4, 0.4, 0.2, 0.1
@@ -222,7 +214,7 @@ class CropParameters:
     solarize: torch.Tensor  # (n,) bool
 
 
-class BatchedMultiCropAugmentation:
+class BatchedMultiCropAugmentation(MultiCropSettings):
     """DINOv2 multi-crop augmentation of a batch of same-sized uint8 images (see the module docstring).
 
     ``augmentation(images, generator)`` takes a uint8 ``(B, C, H, W)`` tensor (C = 1 or 3) and returns
@@ -230,43 +222,16 @@ class BatchedMultiCropAugmentation:
     crops, then all second ones; local crop j of image i at row ``j * B + i``), as
     :class:`pretraining.collate.MultiCropCollator` batches them.
 
-    Args: as :class:`pretraining.augmentations.MultiCropAugmentation` (including ``blur_probabilities``,
-    ``colour_jitter_probability`` and ``solarize_probability``).
+    Args: see :class:`pretraining.augmentations.MultiCropSettings`.
     """
 
-    def __init__(
-        self,
-        global_crops_size: int = 224,
-        local_crops_size: int = 98,
-        n_local_crops: int = 8,
-        global_crops_scale: tuple[float, float] = (0.32, 1.0),
-        local_crops_scale: tuple[float, float] = (0.05, 0.32),
-        original_blur_bug: bool = False,
-        blur_kernel_size: int = 9,
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
-        blur_probabilities: tuple[float, float, float] | None = None,
-        colour_jitter_probability: float = COLOUR_JITTER_PROBABILITY,
-        solarize_probability: float = SOLARIZE_PROBABILITY,
-    ):
-        check_crop_settings(global_crops_size, local_crops_size, n_local_crops, global_crops_scale, local_crops_scale,
-                            blur_kernel_size)
-        self.global_crops_size = global_crops_size
-        self.local_crops_size = local_crops_size
-        self.n_local_crops = n_local_crops
-        self.global_crops_scale = tuple(global_crops_scale)
-        self.local_crops_scale = tuple(local_crops_scale)
-        self.original_blur_bug = original_blur_bug
-        self.blur_probabilities = resolve_blur_probabilities(original_blur_bug, blur_probabilities)
-        check_probabilities(colour_jitter=colour_jitter_probability, solarize=solarize_probability)
-        self.blur_kernel_size = blur_kernel_size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mean_tensor = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std_tensor = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
         # per-crop probabilities (attributes, so experiments and tests can change them)
         self.flip_probability = FLIP_PROBABILITY
-        self.jitter_probability = colour_jitter_probability
         self.grayscale_probability = GRAYSCALE_PROBABILITY
-        self.solarize_probability = solarize_probability
 
     # ------------------------------------------------------------------ random parameters
     def sample_parameters(
@@ -287,7 +252,7 @@ class BatchedMultiCropAugmentation:
         order = next(u).argsort(1)  # a uniform random permutation per crop
         flip, jitter, gray, blur, solarize_, sigma = (next(u).squeeze(1) for _ in range(6))
         return CropParameters(
-            boxes=boxes, flip=flip < self.flip_probability, jitter=jitter < self.jitter_probability,
+            boxes=boxes, flip=flip < self.flip_probability, jitter=jitter < self.colour_jitter_probability,
             jitter_order=order, jitter_factors=factors, gray=gray < self.grayscale_probability,
             blur=blur < blur_probability, blur_sigma=_scaled(sigma, *BLUR_SIGMA), solarize=solarize_ < solarize_probability,
         )
@@ -317,7 +282,7 @@ class BatchedMultiCropAugmentation:
             x = x.index_copy(0, index, gaussian_blur(x[index], params.blur_sigma[index], self.blur_kernel_size))
         if params.solarize.any():
             x = torch.where(params.solarize.view(-1, 1, 1, 1), solarize(x), x)
-        return (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        return (x.expand(-1, 3, -1, -1) - self.mean_tensor) / self.std_tensor
 
     def _colour_jitter(self, x: torch.Tensor, params: CropParameters) -> torch.Tensor:
         """Brightness, contrast, saturation and hue in each crop's own order, on the crops that are jittered."""

@@ -190,7 +190,7 @@ def test_output_shapes_order_range_and_seeding():
     assert not torch.equal(colour["global_crops"][:, 0], colour["global_crops"][:, 1])
     # crop-major: with every colour op off and whole-image crops, crop rows j * B + i show image i
     plain = BatchedMultiCropAugmentation(28, 12, 2, (1.0, 1.0), (1.0, 1.0))
-    plain.jitter_probability = plain.grayscale_probability = plain.solarize_probability = 0.0
+    plain.colour_jitter_probability = plain.grayscale_probability = plain.solarize_probability = 0.0
     plain.blur_probabilities = (0.0, 0.0, 0.0)
     constant = torch.tensor([10, 60, 200], dtype=torch.uint8).view(3, 1, 1, 1).expand(3, 1, 28, 28)
     crops = plain(constant.contiguous(), generator=torch.Generator().manual_seed(0))
@@ -259,7 +259,7 @@ def test_collator_batches_uint8_samples_reproducibly(tmp_path):
 def test_blur_solarize_and_jitter_options_in_both_augmentations():
     options = dict(blur_probabilities=(0.0, 0.0, 0.0), colour_jitter_probability=0.5, solarize_probability=0.0)
     batched = BatchedMultiCropAugmentation(28, 12, 2, **options)
-    assert batched.blur_probabilities == (0.0, 0.0, 0.0) and batched.jitter_probability == 0.5
+    assert batched.blur_probabilities == (0.0, 0.0, 0.0) and batched.colour_jitter_probability == 0.5
     calls = _spy_parameters(batched)
     batched(torch.zeros(2000, 1, 28, 28, dtype=torch.uint8), generator=torch.Generator().manual_seed(0))
     assert not any(params.blur.any() or params.solarize.any() for _, params in calls)
