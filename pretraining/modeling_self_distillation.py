@@ -213,8 +213,8 @@ class Dinov2ForSelfDistillation(PreTrainedModel):
 
     @torch.no_grad()
     def update_ema(self, momentum: float) -> None:
-        """EMA step of the averaged branch: teacher <- m * teacher + (1 - m) * student; when distilling, where
-        the teacher is frozen, the student EMA (the exported model) instead."""
+        """The teacher update, an EMA step of the averaged branch: teacher <- m * teacher + (1 - m) * student;
+        when distilling, where the teacher is frozen, the student EMA (the exported model) instead."""
         targets, sources = self.ema_pairs()
         ema_update_(targets, [s.detach() for s in sources], momentum)
 
