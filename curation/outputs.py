@@ -13,20 +13,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
-from modeling_dinov2.output_lock import hold_output_dir
+from modeling_dinov2.output_lock import EarlierResultsError  # noqa: F401  (raised by claim_output_dir)
+from modeling_dinov2.output_lock import hold_output_dir, replace_earlier_results
 
 logger = logging.getLogger(__name__)
 
 #: What a finished `dinov2-curate run` (``curation.pipeline.curate``) leaves in its output directory.
 RUN_RESULTS = ("dataset", "report.json", "removal_log.parquet", "cluster_sizes.png")
-
-
-class EarlierResultsError(FileExistsError):
-    """The output directory holds the results of an earlier run, and ``overwrite`` was not set."""
 
 
 def earlier_results(directory: Union[str, os.PathLike], patterns: Sequence[str]) -> list:
@@ -48,17 +44,6 @@ def claim_output_dir(directory: Union[str, os.PathLike], results: Sequence[str],
             directory, what is there, and ``flag`` (the way to set ``overwrite``).
     """
     with hold_output_dir(directory, job=job):
-        found = earlier_results(directory, results)
-        if found and not overwrite:
-            raise EarlierResultsError(
-                f"{directory} already holds the results of an earlier run ({', '.join(p.name for p in found)}). "
-                f"Pass {flag} to replace them, or choose another output directory.")
-        if found:
-            logger.info("overwrite: deleting the earlier results in %s (%s)", directory,
-                        ", ".join(p.name for p in found))
-        for path in found:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+        replace_earlier_results(directory, earlier_results(directory, results), overwrite=overwrite,
+                                how_to_overwrite=f"Pass {flag} to replace them, or choose another output directory.")
         yield Path(directory)

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from modeling_dinov2.output_lock import replace_earlier_results
+
 TRAINED = "DINOv2 (this run)"  # the results' name of the pretrained model
 STEPS = ("data", "curate", "baselines", "pretrain", "evaluate", "share")
 HUB_FASHION_MNIST = "zalando-datasets/fashion_mnist"
@@ -98,8 +100,7 @@ def check_resumable(out: Path, args) -> bool:
     if earlier:
         log("data", f"a new run: deleting the earlier run's {', '.join(path.name for path in earlier)} in {out} "
             "(--resume continues a run instead)")
-        for path in earlier:
-            shutil.rmtree(path)
+    replace_earlier_results(out, earlier, overwrite=True)
     run_file.write_text(json.dumps(options, indent=2))
     return False
 

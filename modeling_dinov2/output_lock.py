@@ -1,4 +1,4 @@
-"""One job per output directory: a lock file that names the process holding it.
+"""One job per output directory (a lock file that names the process holding it), and one run's results in it.
 
 A long job (`dinov2-pretrain`, `dinov2-curate`) holds its output directory while it runs, so a second job
 started into the same folder stops with a clear message instead of interleaving checkpoints or replacing
@@ -7,6 +7,9 @@ the process ends in any way (also SIGKILL), so a crashed job never leaves a stal
 the PID, host and command of the holder, for the error message of the job that is refused.
 
 In a multi-process job only one process (the main one) takes the lock.
+
+A new run into a directory that holds an earlier run's results refuses to start unless told to replace them,
+and then deletes them first (`replace_earlier_results`), so a directory never mixes two runs.
 """
 
 from __future__ import annotations
@@ -14,17 +17,25 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 LOCK_NAME = ".dinov2.lock"
+logger = logging.getLogger(__name__)
 
 
 class OutputDirBusyError(RuntimeError):
     """Another running job holds the output directory."""
+
+
+class EarlierResultsError(FileExistsError):
+    """The output directory holds the results of an earlier run, and replacing them was not asked for."""
 
 
 def _holder(path: str) -> str:
@@ -75,3 +86,24 @@ def hold_output_dir(output_dir: str | os.PathLike, job: str | None = None) -> It
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # while still holding the lock (see the inode check above)
         os.close(fd)
+
+
+def replace_earlier_results(directory: str | os.PathLike, earlier: Sequence[str | os.PathLike], *, overwrite: bool,
+                            how_to_overwrite: str = "", delete: bool = True) -> None:
+    """Refuse `directory` when it holds `earlier` (an earlier run's results) and `overwrite` is false: an
+    `EarlierResultsError` names the directory, what is there and `how_to_overwrite`. With `overwrite`, delete
+    them (when `delete`: in a multi-process job only the main process does)."""
+    if not earlier:
+        return
+    names = ", ".join(Path(path).name for path in earlier)
+    if not overwrite:
+        raise EarlierResultsError(f"{directory} already holds the results of an earlier run ({names}). "
+                                  f"{how_to_overwrite}")
+    if not delete:
+        return
+    logger.info("deleting the earlier run's results in %s (%s)", directory, names)
+    for path in earlier:
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)

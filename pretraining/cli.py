@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -27,7 +26,7 @@ from transformers import HfArgumentParser, set_seed
 
 from modeling_dinov2 import PRESETS as ARCHITECTURES
 from modeling_dinov2.hardware import reuse_freed_memory
-from modeling_dinov2.output_lock import OutputDirBusyError, hold_output_dir
+from modeling_dinov2.output_lock import EarlierResultsError, OutputDirBusyError, hold_output_dir, replace_earlier_results
 
 from .configuration_self_distillation import PROTOTYPES
 from .data import DEFAULT_MAX_PIXELS, DEFAULT_MIN_IMAGE_SIZE
@@ -318,20 +317,12 @@ def prepare_output_dir(training_args: Dinov2PretrainingArguments) -> str | None:
             raise ValueError(f"--resume_from_checkpoint last: no complete checkpoint in {output_dir}.")
     if resume:
         return resume
-    earlier = earlier_run_outputs(output_dir)
-    if earlier and not training_args.overwrite_output_dir:
-        names = ", ".join(os.path.basename(path) for path in earlier)
-        raise ValueError(f"--output_dir {output_dir} holds an earlier run ({names}). Pass --resume_from_checkpoint "
-                         "last to continue it, --overwrite_output_dir true to delete it and start over, or another "
-                         "--output_dir.")
-    if earlier and training_args.should_save:  # the main process deletes; the others do not read them
-        logger.info("--overwrite_output_dir: deleting the earlier run in %s (%s)", output_dir,
-                    ", ".join(os.path.basename(path) for path in earlier))
-        for path in earlier:
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            else:
-                os.remove(path)
+    replace_earlier_results(
+        output_dir, earlier_run_outputs(output_dir), overwrite=training_args.overwrite_output_dir,
+        how_to_overwrite="Pass --resume_from_checkpoint last to continue it, --overwrite_output_dir true to delete it "
+        "and start over, or another --output_dir.",
+        delete=training_args.should_save,  # the main process deletes; the others do not read them
+    )
     return None
 
 
@@ -383,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         holds_output_dir = training_args.process_index == 0
         with hold_output_dir(training_args.output_dir, "dinov2-pretrain") if holds_output_dir else nullcontext():
             train_and_export(export_args, model_args, data_args, training_args, started_at)
-    except (ValueError, FileNotFoundError, OutputDirBusyError) as error:
+    except (ValueError, FileNotFoundError, OutputDirBusyError, EarlierResultsError) as error:
         print(f"dinov2-pretrain: error: {error}", file=sys.stderr)
         return 1
     except NonFiniteLossError as error:

@@ -196,8 +196,8 @@ def test_a_new_run_refuses_the_output_dir_of_an_earlier_run(fashion_run, capsys)
     run's newest checkpoint."""
     assert cli.main(["--preset", "tiny", "--output_dir", str(fashion_run), "--max_steps", "2"]) == 1
     error = capsys.readouterr().err
-    assert f"--output_dir {fashion_run} holds an earlier run (checkpoint-18, checkpoint-36, final, backbone, " \
-           "trainer_state.json)" in error
+    assert f"{fashion_run} already holds the results of an earlier run (checkpoint-18, checkpoint-36, final, " \
+           "backbone, trainer_state.json)" in error
     assert "--resume_from_checkpoint last" in error and "--overwrite_output_dir true" in error
     assert (fashion_run / "checkpoint-36").is_dir()  # nothing was touched
 
