@@ -9,22 +9,20 @@
   80 warm-up epochs, weight decay 0.04 -> 0.2, momentum 0.994, drop path 0.4, no layer-wise decay,
   131072 prototypes (bottleneck 384) plus a separate iBOT head, Sinkhorn-Knopp, batch 32 / 12 per GPU.
 - `tiny`: a 4-block, 128-wide ViT with patch 7 and an FFN as wide as the blocks on 2 x 28-px global and 2 x 14-px
-  local crops, for Fashion-MNIST-sized images on a CPU (2900 steps of batch 128, ~10.5 min on 2 cores with bf16
+  local crops, for Fashion-MNIST-sized images on a CPU (2900 steps of batch 128: ~10 min on 2 cores with bf16
   instructions, ~30 min in fp32 without). Without --train_dir / --dataset_name it trains on the Fashion-MNIST
-  train split (`TINY_DEFAULT_DATA`). Short-run choices, found by probing on Fashion-MNIST (what was tried is in
-  docs/results.md, "The tiny preset: the search"):
-  LayerScale 1.0 (with 1e-5 the blocks barely move in a thousand steps and the teacher stays constant); a fast
-  EMA, momentum 0.9 -> 0.99 (the original 0.992 -> 1 averages over more steps than the run has); a constant
-  teacher temperature of 0.01 with Sinkhorn-Knopp (softmax centering oscillates between collapse and uniform
-  targets at this batch size; 0.01 beats 0.02 by 1.2 k-NN points in two seeds, 0.04 loses 7); 512 prototypes
-  and a 512-wide head; lr 3e-3 unscaled; no blur (sigma up to 2 px erases a 28-px image); KoLeo weight 0.3
-  (+1 k-NN point over the original 0.1 in two seeds; 0 loses 6, 1.0 loses 8); FFN ratio 1 instead of 4 (a
-  1.3-1.4x faster step; at equal time, more steps beat the wider FFN: ratio 2 beats 4 by 2 k-NN points, 1
-  beats 2 by 1); the batched uint8 augmentation in the collator (~20x faster than per-image torchvision
-  transforms on 28-px images); decoded images cached in memory and read in the main process (no DataLoader
-  worker competing for the 2 cores: 1.16x faster); eager attention (17-token sequences: 1.6x faster than SDPA);
-  bf16 autocast where the machine computes bf16 natively (AMX, AVX512-BF16, CUDA), else fp32 (emulated bf16 on
-  an AVX2 CPU is 11x slower than fp32).
+  train split (`TINY_DEFAULT_DATA`). Short-run choices, found by probing on Fashion-MNIST (the runs and their
+  figures: docs/results.md, "The tiny preset: the search"):
+  LayerScale 1.0 (with 1e-5 the blocks barely move in a short run); a fast EMA, momentum 0.9 -> 0.99 (the
+  original 0.992 -> 1 averages over more steps than the run has); Sinkhorn-Knopp at a constant teacher
+  temperature of 0.01 (softmax centering swings between collapse and uniform targets at this batch size; a cold
+  teacher learns fastest in a short run); 512 prototypes and a 512-wide head; lr 3e-3 unscaled; no blur (sigma up
+  to 2 px erases a 28-px image); KoLeo weight 0.3 (the regulariser that matters most here); FFN ratio 1 instead of
+  4 (a faster step: at equal time, more steps beat a wider FFN); the batched uint8 augmentation in the collator
+  and decoded images cached in memory, read in the main process (per-image transforms and a DataLoader worker
+  would compete with the step for the 2 cores); eager attention (faster than SDPA on 17-token sequences); bf16
+  autocast where the machine computes bf16 natively (AMX, AVX512-BF16, CUDA), else fp32 (emulated bf16 is an
+  order of magnitude slower).
 
 Each preset has three parts, for the `model`, `data` and `training` argument groups of the CLI.
 """
