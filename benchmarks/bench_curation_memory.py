@@ -14,19 +14,7 @@ one matrix plus the edges. Example::
 
     python benchmarks/bench_curation_memory.py --n 300000
 
-Measured (issue 4; 2 shared cores under load 4-6, so times are slow and noisy; RSS includes about
-300 MB of imported libraries)::
-
-    N=300000 d=384: float32 matrix 439 MB, float16 Arrow shards 222 MB
-      dedup     135.9 s   peak RSS    2337 MB (5.32x the float32 matrix)   {"edges": 19200000, "kept": 803}
-      kmeans    292.7 s   peak RSS    1374 MB (3.13x the float32 matrix)   {"clusters": [3000, 300]}
-
-On this synthetic set *every* one of the 64 neighbours is above 0.45 (it has no near-duplicate
-structure: 300k items collapse into 803 components at 0.6), so the edge list is the worst case
-N * k * 20 B = 384 MB, and building the sparse graph for the components briefly holds it about three
-times; the IVF index holds the vectors once (439 MB). On real data with few near-duplicates the edge
-list is small. k-means at level 0 trains on min(N, 256 k) rows, here all of them (one normalised
-float32 copy), and assigns the rest block by block.
+Measured figures, with their commands: ``docs/results.md`` ("Curation memory").
 """
 
 from __future__ import annotations

@@ -33,47 +33,7 @@ each N, so their ratio is the meaningful figure. Example (small, under a minute)
 
     python benchmarks/bench_faiss_search.py --sizes 20000,50000 --nprobe 2,8
 
-Measured on 2 CPU cores (faiss-cpu 1.15.1, 384-d, k=64, list size 1024, 2000 exact
-queries). Run of issue 4, ``--data clustered --sizes 100000,300000,1000000 --nprobe 1,2,4,8``,
-about 70 min while three other training jobs shared the 2 cores (load average 4-8): every
-absolute time is 4-7x the earlier quiet-machine run (e.g. exact search at 100k: 348 s vs 48 s),
-and the load changed during the run, so the ratios are approximate too::
-
-          N  nlist nprobe  scan%  build s  search s    IVF s  exact s*  speedup recall@k  kmeans s
-     100000     98      1   1.47      1.7      22.2     23.9     348.1    14.6x    0.993      58.1
-     100000     98      2   2.93      1.7      37.9     39.5     348.1     8.8x    1.000      58.1
-     100000     98      4   5.86      1.7      54.3     56.0     348.1     6.2x    1.000      58.1
-     100000     98      8  11.72      1.7      90.2     91.9     348.1     3.8x    1.000      58.1
-     300000    293      1   0.51      5.2      81.3     86.5    3191.3    36.9x    0.976     176.1
-     300000    293      2   1.01      5.2     160.4    165.6    3191.3    19.3x    0.999     176.1
-     300000    293      4   2.02      5.2     211.6    216.8    3191.3    14.7x    1.000     176.1
-     300000    293      8   4.04      5.2     202.6    207.8    3191.3    15.4x    1.000     176.1
-    1000000    977      1   0.17     39.0     299.8    338.7   23294.8    68.8x    0.979     385.4
-    1000000    977      2   0.35     39.0     389.8    428.8   23294.8    54.3x    0.999     385.4
-    1000000    977      4   0.70     39.0     743.1    782.1   23294.8    29.8x    1.000     385.4
-    1000000    977      8   1.39     39.0     817.5    856.4   23294.8    27.2x    1.000     385.4
-
-  IVF time grows as about N^0.8-1.3 between sizes (N^1.1-1.2 at nprobe 1), exact as N^1.7-2.0;
-  k-means (k=1000, 10 iterations, k-means++) grows about linearly (x3.0 for 3x, x2.2 for 3.3x N).
-  The >= 20x at recall >= 0.95 target holds from 300k on (nprobe 1: 37x / 69x; nprobe 2: 19x / 54x
-  at recall 0.999; nprobe 8: 27x at 1M). At 100k it needed the quiet machine: the earlier run
-  measured 23.6x at nprobe 1 (recall 0.993), 13.9x at nprobe 2; under load 14.6x.
-
-Earlier quiet-machine run (same command, about 10 min)::
-
-          N  nlist nprobe  scan%  build s  search s    IVF s  exact s*  speedup recall@k  kmeans s
-     100000     98      1   1.47      0.3       1.8      2.0      47.7    23.6x    0.993       8.6
-     300000    293      1   0.51      1.2       6.6      7.7     409.8    52.9x    0.976      25.5
-     300000    293      2   1.01      1.2      10.0     11.2     409.8    36.5x    0.999      25.5
-    1000000    977      1   0.17     10.3      26.8     37.1    3905.3   105.3x    0.979      76.2
-    1000000    977      2   0.35     10.3      38.2     48.5    3905.3    80.5x    0.999      76.2
-    1000000    977      8   1.39     10.3     103.2    113.5    3905.3    34.4x    1.000      76.2
-
-``--data blobs`` (hard case, same sizes, nprobe 2-16): recall@64 >= 0.95 needs
-nprobe 8 at 100k (0.992, 4.3x) and nprobe 16 at 300k (0.977, 6.4x). At 1M,
-nprobe 16 gives 0.905 at 21.5x. So the 20x-at-0.95 target is **not** met on this
-data up to 1M. ``--data uniform`` at 100k: recall 0.03-0.10 for nprobe 1-4. With
-no neighbourhood structure, IVF cannot work there.
+Measured figures, with their commands: ``docs/results.md`` ("FAISS").
 """
 
 from __future__ import annotations
