@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from .configuration_self_distillation import PROTOTYPES
+
 
 class DINOHead(nn.Module):
     """Projection head mapping backbone tokens to ``out_dim`` prototype logits.
@@ -29,7 +31,7 @@ class DINOHead(nn.Module):
 
     Args:
         in_dim: Backbone embedding size.
-        out_dim: Number of prototypes K (65536 by default, 131072 for the L/g configs).
+        out_dim: Number of prototypes K (`PROTOTYPES`, 65536, by default; 131072 for the L/g configs).
         hidden_dim: MLP hidden size.
         bottleneck_dim: Size of the L2-normalised bottleneck.
         n_layers: Number of MLP Linear layers (>= 1).
@@ -39,7 +41,7 @@ class DINOHead(nn.Module):
     def __init__(
         self,
         in_dim: int,
-        out_dim: int = 65536,
+        out_dim: int = PROTOTYPES,
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         n_layers: int = 3,

@@ -185,6 +185,26 @@ def test_curated_dataset_round_trip_through_the_hub(skewed, hub_server, tmp_path
     assert "![cluster sizes per level, before and after sampling](curation/cluster_sizes.png)" in card
 
 
+def test_a_run_with_a_hub_repo_pushes_the_report_and_the_card(skewed, hub_server, tmp_path):
+    """`hub.repo_id` in the config: the push comes after the report, so the report and the card go up with it."""
+    code = textwrap.dedent(f"""
+        import json
+        from huggingface_hub import DatasetCard, HfApi
+        from curation.pipeline import curate
+        curate(pool={str(skewed["pool"])!r}, output_dir={str(tmp_path / "out")!r}, config={{
+            "embedding": {{"model": "pixels:8"}}, "clustering": {{"enabled": False}}, "progress": False,
+            "hub": {{"repo_id": "tester/curated-direct"}}}})
+        files = HfApi().list_repo_files("tester/curated-direct", repo_type="dataset")
+        card = DatasetCard.load("tester/curated-direct", repo_type="dataset")
+        print(json.dumps({{"files": files, "card": card.text}}))
+    """)
+    out = json.loads(run_python(code, env=hub_server["env"]).strip().splitlines()[-1])
+    assert {"curation/report.json", "curation/removal_log.parquet"} <= set(out["files"])
+    assert "| dedup | threshold" in out["card"]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["hub"] == {"repo_id": "tester/curated-direct"}
+
+
 def test_cluster_based_retrieval_takes_the_clusters_of_the_seed_set(skewed, tmp_path):
     from curation.pipeline import curate
 
@@ -359,3 +379,21 @@ def test_a_file_name_that_is_not_utf8_and_a_blank_image_do_not_stop_the_run(tmp_
     main(["embed", "--input", str(pool), "--model", "pixels:8", "--output_dir", str(tmp_path / "emb")])
     summary = json.loads(capsys.readouterr().out)
     assert (summary["images"], summary["embedded"], summary["zero_embedding"], summary["undecodable"]) == (13, 11, 1, 1)
+
+
+def test_a_single_image_pool_is_still_decontaminated(tmp_path):
+    """One pool image has no pairs to de-duplicate, but a copy of an evaluation image must still be removed."""
+    from curation.pipeline import curate
+
+    rng = np.random.default_rng(1)
+    copied = rng.integers(0, 255, (16, 16), dtype=np.uint8)
+    for folder, images in {"pool": [copied], "test": [copied, rng.integers(0, 255, (16, 16), dtype=np.uint8)]}.items():
+        (tmp_path / folder).mkdir()
+        for i, pixels in enumerate(images):
+            Image.fromarray(pixels).save(tmp_path / folder / f"{i}.png")
+    result = curate(pool=str(tmp_path / "pool"), eval_sets={"test": str(tmp_path / "test")},
+                    output_dir=str(tmp_path / "out"),
+                    config={"embedding": {"model": "pixels:8"}, "clustering": {"enabled": False}, "progress": False})
+    assert len(result.dataset) == 0
+    assert result.report["removed_by_reason"] == {"eval_match": 1}
+    assert result.report["counts"]["after_dedup"] == 1 and result.report["counts"]["after_decontamination"] == 0
