@@ -23,8 +23,8 @@ import torch
 
 from .configuration_dinov2 import PRESETS, Dinov2Config, config_to_stock_dict
 from .model_card import write_preprocessor_config
-from .preprocessing import eval_crop_size
 from .modeling_dinov2 import Dinov2ForImageClassification, Dinov2Model
+from .preprocessing import eval_crop_size
 
 logger = logging.getLogger("dinov2-convert")
 

@@ -55,8 +55,8 @@ def make_image_processor(crop_size: int = EVAL_CROP, resize_size: int | None = N
     )
 
 
-def eval_transform(crop_size: int = EVAL_CROP, resize_size: int | None = None, *,
-                   mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, resample: int = PIL_BICUBIC):
+def eval_transform(crop_size: int = EVAL_CROP, resize_size: int | None = None, *, mean: Sequence[float] = IMAGENET_MEAN,
+                   std: Sequence[float] = IMAGENET_STD, resample: int = PIL_BICUBIC):
     """DINOv2's evaluation preprocessing as a torchvision v2 pipeline: image -> normalised (3, crop, crop) float.
 
     Resize the shorter side to `resize_size` (default `default_resize_size(crop_size)`, i.e. 256 for 224; pass
