@@ -194,10 +194,11 @@ def _run_pipeline(cfg: CurationConfig, out: Path, pool_set: ImageSet, seed_sets:
     _report_inputs(run)
     graph = copy_detection_graph(run, embedded)
     if graph is not None:
+        stopwatch.lap("knn_graph")
         deduplicate(run, graph)
-        stopwatch.lap("dedup")
+        stopwatch.lap("dedup", ran=cfg.dedup.enabled)
         decontaminate(run, graph)
-        stopwatch.lap("decontamination")
+        stopwatch.lap("decontamination", ran=run.decontaminates)
     candidates = _candidates(run)
     clustering = cluster(run, candidates)
     stopwatch.lap("clustering")
@@ -232,9 +233,11 @@ class _Stopwatch:
         self.timings: dict = {}
         self._last = time.perf_counter()
 
-    def lap(self, step: str) -> None:
+    def lap(self, step: str, ran: bool = True) -> None:
+        """End `step`; a step that did not run (`ran` false) gets no entry."""
         now = time.perf_counter()
-        self.timings[step] = round(now - self._last, 3)
+        if ran:
+            self.timings[step] = round(now - self._last, 3)
         self._last = now
 
 
@@ -442,7 +445,7 @@ def _aligned(result: EmbeddingResult, rows: np.ndarray) -> EmbeddingSource:
 def copy_detection_graph(run: _Run, embedded: np.ndarray) -> Optional[_CopyGraph]:
     """Steps 2-3, shared: one search of the pool's copy-detection embeddings for the cosine k-NN graph (DINOv2
     App. A.3) that de-duplication and decontamination both use. ``k`` is the larger of ``dedup.k`` and
-    ``decontamination.k`` (when it runs), at most the embedded images - 1; the edges are kept above the lower of
+    ``decontamination.k`` (of the steps that run), at most the embedded images - 1; the edges are kept above the lower of
     the two thresholds. None when neither step runs or no image has an embedding; a single image has no pairs
     (no index, no edges), but is still compared with the evaluation sets."""
     cfg = run.cfg
@@ -453,7 +456,8 @@ def copy_detection_graph(run: _Run, embedded: np.ndarray) -> Optional[_CopyGraph
         return _CopyGraph(embedded, embeddings, None, None)
     thresholds = (([cfg.dedup.threshold] if cfg.dedup.enabled else [])
                   + ([cfg.decontamination.threshold] if run.decontaminates else []))
-    k = min(max(cfg.dedup.k, cfg.decontamination.k if run.decontaminates else 0), embedded.size - 1)
+    k = min(max(cfg.dedup.k if cfg.dedup.enabled else 0, cfg.decontamination.k if run.decontaminates else 0),
+            embedded.size - 1)
     index = build_index(embeddings, cfg.index.index_type, seed=cfg.seed, progress=cfg.progress,
                         **cfg.index.search_kwargs())
     run.report["index"] = {"type": index.index_type, "nlist": index.nlist, "nprobe": index.nprobe,

@@ -397,3 +397,22 @@ def test_a_single_image_pool_is_still_decontaminated(tmp_path):
     assert len(result.dataset) == 0
     assert result.report["removed_by_reason"] == {"eval_match": 1}
     assert result.report["counts"]["after_dedup"] == 1 and result.report["counts"]["after_decontamination"] == 0
+
+
+def test_the_copy_graph_and_the_timings_follow_the_steps_that_run(tmp_path):
+    """With de-duplication off, its `k` does not size the graph and it gets no timing; the shared k-NN search
+    has a timing of its own."""
+    from curation.pipeline import curate
+
+    rng = np.random.default_rng(2)
+    for folder, count in {"pool": 12, "test": 2}.items():
+        (tmp_path / folder).mkdir()
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(tmp_path / folder / f"{i}.png")
+    result = curate(pool=str(tmp_path / "pool"), eval_sets={"test": str(tmp_path / "test")},
+                    output_dir=str(tmp_path / "out"),
+                    config={"embedding": {"model": "pixels:8"}, "dedup": {"enabled": False, "k": 64},
+                            "decontamination": {"k": 3}, "clustering": {"enabled": False}, "progress": False})
+    assert result.report["knn"]["k"] == 3
+    timings = result.report["timings_s"]
+    assert "knn_graph" in timings and "decontamination" in timings and "dedup" not in timings
