@@ -211,7 +211,9 @@ def resolve_device_and_precision(device: str, precision: str) -> tuple[str, Opti
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; received {precision!r}.")
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        from modeling_dinov2.hardware import default_device
+
+        device = default_device()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but torch sees no CUDA device.")
     if precision == "float32":

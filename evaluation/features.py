@@ -22,7 +22,7 @@ from torch import nn
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from modeling_dinov2.hardware import cpu_supports_bf16
+from modeling_dinov2.hardware import cpu_supports_bf16, default_device
 from modeling_dinov2.loading import load_backbone
 from modeling_dinov2.preprocessing import (
     EVAL_CROP, EVAL_RESIZE, IMAGENET_MEAN, IMAGENET_STD, eval_transform, processor_transform,
@@ -81,10 +81,6 @@ def apply_to_batch(transform: Callable, images: list[torch.Tensor]) -> torch.Ten
 # ----------------------------------------------------------------------------------------------------
 # Models
 # ----------------------------------------------------------------------------------------------------
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def num_prefix_tokens(model: nn.Module) -> int:
     """CLS + register tokens in front of the patch tokens."""
     return 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)

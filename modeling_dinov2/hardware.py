@@ -25,10 +25,15 @@ def cpu_supports_bf16() -> bool:
     return False
 
 
+def default_device() -> str:
+    """"cuda" when torch sees a GPU, else "cpu"."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def bf16_is_native(device: str | torch.device | None = None) -> bool:
-    """Whether bf16 autocast runs natively on `device` (default: CUDA when present, else the CPU)."""
+    """Whether bf16 autocast runs natively on `device` (default: `default_device()`)."""
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = default_device()
     if torch.device(device).type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return cpu_supports_bf16()
